@@ -1,0 +1,1 @@
+"""vitlab: a reproducible Vision Transformer study."""
