@@ -46,13 +46,19 @@ class RawDataset:
 
     def validate(self) -> None:
         if self.mask_format not in MASK_FORMATS:
-            raise VitlabError(f"dataset.json: mask_format {self.mask_format!r} not in {MASK_FORMATS}")
+            raise VitlabError(
+                f"dataset.json: mask_format {self.mask_format!r} not in {MASK_FORMATS}"
+            )
         n = len(self.classes)
         for s in self.samples:
             if s.split not in SPLITS:
-                raise VitlabError(f"index.csv: {s.image} has split {s.split!r}; use one of {SPLITS}")
+                raise VitlabError(
+                    f"index.csv: {s.image} has split {s.split!r}; use one of {SPLITS}"
+                )
             if not 0 <= s.label < n:
-                raise VitlabError(f"index.csv: {s.image} has label {s.label}; labels run 0..{n - 1}")
+                raise VitlabError(
+                    f"index.csv: {s.image} has label {s.label}; labels run 0..{n - 1}"
+                )
         for split in SPLITS:
             if not any(s.split == split for s in self.samples):
                 raise VitlabError(f"index.csv: the {split!r} split is empty; check the data source")
@@ -65,7 +71,9 @@ def write_index(root: str | Path, ds: RawDataset) -> None:
     meta = {"classes": ds.classes, "mask_format": ds.mask_format, "source": ds.source}
     write_json(root / "dataset.json", meta)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "label", "split", "mask"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=["image", "label", "split", "mask"], lineterminator="\n"
+    )
     writer.writeheader()
     for s in ds.samples:
         writer.writerow(asdict(s))

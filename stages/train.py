@@ -1,0 +1,65 @@
+"""Stage `train@<M>`: train one model of the `models` mapping on the prepared data.
+
+Outputs (persisted across reruns so a killed run resumes): models/<M>/epochs/, last.pt,
+history.json, and the dvclive curves in reports/train/<M>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from stages._common import cli, load_params, model_params, section
+from stages._model import PREPARED, build, runtime
+from vitlab.data import load_meta, load_split
+from vitlab.errors import VitlabError
+from vitlab.train import TrainConfig, fit
+
+
+def train_config(params: dict, model: str) -> TrainConfig:
+    """train.* with the model's own `train:` overrides on top."""
+    merged = {**section(params, "train"), **model_params(params, model).get("train", {})}
+    known = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise VitlabError(f"train: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return TrainConfig(**merged)
+
+
+@cli
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model")
+    args = parser.parse_args()
+    params = load_params()
+    cfg, rt = train_config(params, args.model), runtime(params)
+    meta = load_meta(PREPARED)
+    torch.manual_seed(cfg.seed)
+    model = build(params, args.model)
+    spec = {
+        "model": model_params(params, args.model),
+        "train": cfg.__dict__,
+        "data": meta["fingerprint"],
+    }
+    fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    history = fit(
+        model,
+        load_split(PREPARED, "train"),
+        load_split(PREPARED, "val"),
+        cfg,
+        rt,
+        out_dir=Path("models") / args.model,
+        live_dir=Path("reports/train") / args.model,
+        fingerprint=fingerprint,
+        num_classes=len(meta["classes"]),
+    )
+    best = max(r["val_acc"] for r in history)
+    print(f"train@{args.model}: {len(history)} epochs, best val_acc {best:.4f}")
+
+
+if __name__ == "__main__":
+    main()
