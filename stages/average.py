@@ -54,8 +54,9 @@ def main() -> None:
             model, val, num_classes, batch_size=rt.eval_batch_size, device=rt.device, amp=rt.amp
         )["accuracy"]
 
+    for sel, state in zip(selection["selected"], states, strict=True):
+        check_compatible(state, reference, sel["path"])
     uniform = uniform_soup(states, names)
-    check_compatible(uniform, reference, f"models/{args.model}/epochs")
     candidates = [
         (name, state, s["val_acc"])
         for name, state, s in zip(names, states, selection["selected"], strict=True)

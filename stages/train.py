@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,7 @@ import torch
 from stages._common import cli, load_params, model_params, section
 from stages._model import PREPARED, build, runtime
 from vitlab.data import load_meta, load_split
+from vitlab.distributed import init, launched_by_torchrun
 from vitlab.errors import VitlabError
 from vitlab.train import TrainConfig, fit
 
@@ -30,6 +34,29 @@ def train_config(params: dict, model: str) -> TrainConfig:
     return TrainConfig(**merged)
 
 
+def relaunch_with_torchrun(params: dict, model: str) -> int | None:
+    """Rerun this stage under torchrun when runtime.nproc_per_node > 1 (one node).
+
+    For several nodes, start `torchrun --nnodes ... -m stages.train <M>` on each node yourself:
+    a process torchrun started is never relaunched.
+    """
+    r = section(params, "runtime")
+    nproc = r.get("nproc_per_node", 1)
+    if nproc <= 1 or launched_by_torchrun():
+        return None
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        *shlex.split(r.get("torchrun_args", "")),
+        "-m",
+        "stages.train",
+        model,
+    ]
+    return subprocess.call(cmd)
+
+
 @cli
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -37,6 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     cfg, rt = train_config(params, args.model), runtime(params)
+    status = relaunch_with_torchrun(params, args.model)
+    if status is not None:
+        sys.exit(status)
+    ctx = init(rt.device)
     meta = load_meta(PREPARED)
     torch.manual_seed(cfg.seed)
     model = build(params, args.model)
@@ -56,9 +87,11 @@ def main() -> None:
         live_dir=Path("reports/train") / args.model,
         fingerprint=fingerprint,
         num_classes=len(meta["classes"]),
+        ctx=ctx,
     )
-    best = max(r["val_acc"] for r in history)
-    print(f"train@{args.model}: {len(history)} epochs, best val_acc {best:.4f}")
+    if ctx.main:
+        best = max(r["val_acc"] for r in history)
+        print(f"train@{args.model}: {len(history)} epochs, best val_acc {best:.4f}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class _Batches(Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(self.batches[i])  # sorted reads are sequential on the memory map
+        idx = self.batches[i]
         x = torch.from_numpy(np.ascontiguousarray(self.split.images[idx])).permute(0, 3, 1, 2)
         y = torch.from_numpy(self.split.labels[idx])
         return x, y
@@ -78,13 +78,20 @@ def batches(
     workers: int = 0,
     pin_memory: bool = False,
     indices: np.ndarray | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images NCHW, labels) batches; the order is a pure function of `seed`."""
+    """Yield (uint8 images NCHW, labels) batches; the order is a pure function of `seed`.
+
+    With `world` > 1 each global batch of `batch_size` rows is split across ranks (rank r
+    gets rows r, r + world, ...), so the union over ranks is the single-process batch.
+    """
     order = np.arange(len(split)) if indices is None else np.asarray(indices)
     if shuffle:
         order = np.random.default_rng(seed).permutation(order)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    chunks = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    # each global batch sorted (sequential reads on the memory map), then split across ranks
+    chunks = [np.sort(order[i : i + batch_size])[rank::world] for i in range(0, stop, batch_size)]
     loader = DataLoader(
         _Batches(split, chunks),
         batch_size=None,

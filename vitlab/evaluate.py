@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vitlab.data import Split, batches, normalize
 from vitlab.device import autocast
+from vitlab.distributed import Context, gather_rows
 
 
 @torch.no_grad()
@@ -17,16 +19,22 @@ def predict(
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None = None,
+    ctx: Context | None = None,
 ) -> torch.Tensor:
-    """Logits (N, C) in float32, in the split's order, with the model in eval mode."""
+    """Logits (N, C) in float32, in the split's order, with the model in eval mode.
+
+    Under data parallelism each rank predicts its shard and the logits are gathered.
+    """
+    ctx = ctx or Context()
     was_training = model.training
     model.eval()
     out = []
-    for x, _ in batches(split, batch_size, shuffle=False):
+    mine = np.arange(len(split))[ctx.rank :: ctx.world]
+    for x, _ in batches(split, batch_size, shuffle=False, indices=mine):
         with autocast(device, amp):
             out.append(model(normalize(x.to(device, non_blocking=True))).float().cpu())
     model.train(was_training)
-    return torch.cat(out)
+    return gather_rows(ctx, torch.cat(out), len(split))
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
@@ -53,7 +61,8 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None = None,
+    ctx: Context | None = None,
 ) -> dict:
     """`classification_metrics` of `model` on `split`."""
-    logits = predict(model, split, batch_size=batch_size, device=device, amp=amp)
+    logits = predict(model, split, batch_size=batch_size, device=device, amp=amp, ctx=ctx)
     return classification_metrics(logits, torch.from_numpy(split.labels), num_classes)

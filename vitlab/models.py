@@ -99,7 +99,7 @@ def build_model(
     if image_size <= 0 or image_size % patch:
         raise VitlabError(
             f"image size {image_size} is not a positive multiple of {arch}'s patch size {patch}; "
-            f"set data.image_size to a multiple of {patch}"
+            f"set prepare.image_size to a multiple of {patch}"
         )
     if num_classes < 2:
         raise VitlabError(f"num_classes must be at least 2 (got {num_classes})")

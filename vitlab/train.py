@@ -23,9 +23,10 @@ from dvclive import Live
 from tqdm import tqdm
 
 from vitlab.atomic import atomic_path, write_json
-from vitlab.augment import random_affine
+from vitlab.augment import sample_affine, warp
 from vitlab.data import Split, batches, normalize
 from vitlab.device import autocast
+from vitlab.distributed import Context, barrier
 from vitlab.errors import VitlabError
 from vitlab.evaluate import evaluate
 from vitlab.fused_attention import set_fused_attention
@@ -137,6 +138,54 @@ def _log_epoch(live: Live, record: dict) -> None:
     live.next_step()
 
 
+def _train_epoch(model, ddp, train, optimizer, scheduler, cfg, rt, ctx, epoch) -> float:
+    """One pass over the train split; returns the mean train loss over all ranks."""
+    model.train()
+    seed = _epoch_seed(cfg.seed, epoch)
+    gen = torch.Generator().manual_seed(seed)
+    loader = batches(
+        train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+        workers=rt.workers,
+        pin_memory=rt.device.type == "cuda",
+        rank=ctx.rank,
+        world=ctx.world,
+    )
+    bar = tqdm(
+        loader,
+        total=len(train) // cfg.batch_size,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        disable=not (rt.progress and ctx.main),
+        file=sys.stderr,
+        mininterval=2.0,
+    )
+    aug = {
+        "scale": tuple(cfg.augment["scale"]),
+        "translate": cfg.augment["translate"],
+        "flip": cfg.augment["flip"],
+    }
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=rt.device)  # (sum, count)
+    for x, y in bar:
+        theta = ctx.shard(sample_affine(cfg.batch_size, gen, **aug))  # drawn for the global batch
+        x = warp(normalize(x.to(rt.device, non_blocking=True)), theta)
+        y = y.to(rt.device, non_blocking=True)
+        with autocast(rt.device, rt.amp):
+            loss = F.cross_entropy(ddp(x), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += torch.stack([loss.detach().double() * len(y), loss.new_tensor(len(y)).double()])
+    if ctx.world > 1:
+        torch.distributed.all_reduce(loss_sum)
+    return (loss_sum[0] / loss_sum[1]).item()
+
+
 def fit(
     model: torch.nn.Module,
     train: Split,
@@ -148,9 +197,16 @@ def fit(
     live_dir: Path,
     fingerprint: str,
     num_classes: int,
+    ctx: Context | None = None,
 ) -> list[dict]:
-    """Train `model` into out_dir/{epochs/epoch_NNN.pt, last.pt, history.json}; return history."""
+    """Train `model` into out_dir/{epochs/epoch_NNN.pt, last.pt, history.json}; return history.
+
+    Under torchrun every rank runs this; rank 0 alone writes files.
+    """
+    ctx = ctx or Context()
     cfg.validate(len(train))
+    if cfg.batch_size % ctx.world:
+        raise VitlabError(f"train.batch_size {cfg.batch_size} must divide by {ctx.world} ranks")
     epochs_dir, last_path = out_dir / "epochs", out_dir / "last.pt"
     model.to(rt.device)
     set_fused_attention(model, rt.fused_attention)
@@ -162,7 +218,8 @@ def fit(
 
     state = _load_resume(last_path, fingerprint, cfg.epochs)
     if state is None:  # a fresh run: nothing of an older configuration may survive
-        shutil.rmtree(epochs_dir, ignore_errors=True)
+        if ctx.main:
+            shutil.rmtree(epochs_dir, ignore_errors=True)
         history, start = [], 1
     else:
         model.load_state_dict(state["model"])
@@ -170,97 +227,83 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         history, start = state["history"], state["epoch"] + 1
-        print(f"resuming from epoch {state['epoch']} ({last_path})", file=sys.stderr)
-    epochs_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    for record in history:  # curves are rebuilt from the resume state: no gaps, no repeats
-        _log_epoch(live, record)
+        if ctx.main:
+            print(f"resuming from epoch {state['epoch']} ({last_path})", file=sys.stderr)
+    ddp = model
+    if ctx.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+    live = None
+    if ctx.main:
+        epochs_dir.mkdir(parents=True, exist_ok=True)
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
+        for record in history:  # curves are rebuilt from the resume state: no gaps, no repeats
+            _log_epoch(live, record)
 
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        order_seed = _epoch_seed(cfg.seed, epoch)
-        loader = batches(
-            train,
-            cfg.batch_size,
-            shuffle=True,
-            seed=order_seed,
-            drop_last=True,
-            workers=rt.workers,
-            pin_memory=rt.device.type == "cuda",
-        )
-        bar = tqdm(
-            loader,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not rt.progress,
-            file=sys.stderr,
-            mininterval=2.0,
-        )
-        loss_sum, seen = torch.zeros((), device=rt.device), 0
-        for x, y in bar:
-            x = normalize(x.to(rt.device, non_blocking=True))
-            y = y.to(rt.device, non_blocking=True)
-            x = random_affine(
-                x,
-                gen,
-                scale=tuple(cfg.augment["scale"]),
-                translate=cfg.augment["translate"],
-                flip=cfg.augment["flip"],
-            )
-            with autocast(rt.device, rt.amp):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            seen += len(y)
+        train_loss = _train_epoch(model, ddp, train, optimizer, scheduler, cfg, rt, ctx, epoch)
         lr = optimizer.param_groups[0]["lr"]
         m = evaluate(
-            model, val, num_classes, batch_size=rt.eval_batch_size, device=rt.device, amp=rt.amp
+            model,
+            val,
+            num_classes,
+            batch_size=rt.eval_batch_size,
+            device=rt.device,
+            amp=rt.amp,
+            ctx=ctx,
         )
         record = {
             "epoch": epoch,
-            "train_loss": round((loss_sum / seen).item(), 6),
+            "train_loss": round(train_loss, 6),
             "val_loss": round(m["loss"], 6),
             "val_acc": round(m["accuracy"], 6),
             "lr": lr,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(record)
+        if ctx.main:
+            _checkpoint(
+                model, optimizer, scheduler, cfg, history, epochs_dir, last_path, fingerprint
+            )
+            _log_epoch(live, record)
+            print(
+                f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss "
+                f"{record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  lr {lr:.2e}  "
+                f"{record['seconds']:.1f}s",
+                file=sys.stderr,
+            )
+        barrier(ctx)
+    if ctx.main:
+        live.end()
         kept = sorted(r["epoch"] for r in top_k(history, cfg.keep_top_k))
-        if epoch in kept:
-            with atomic_path(epochs_dir / f"epoch_{epoch:03d}.pt") as tmp:
-                torch.save(model.state_dict(), tmp)
-        _save_state(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "kept": kept,
-                "fingerprint": fingerprint,
-                "config": asdict(cfg),
-                "rng_torch": torch.get_rng_state(),
-            },
-        )
-        for stale in epochs_dir.glob("epoch_*.pt"):  # evicted from the top-K
-            if int(stale.stem.split("_")[1]) not in kept:
-                stale.unlink()
-        _log_epoch(live, record)
-        print(
-            f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss "
-            f"{record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  lr {lr:.2e}  "
-            f"{record['seconds']:.1f}s",
-            file=sys.stderr,
-        )
-    live.end()
-    kept = sorted(r["epoch"] for r in top_k(history, cfg.keep_top_k))
-    write_json(out_dir / "history.json", {"epochs": history, "kept": kept})
+        write_json(out_dir / "history.json", {"epochs": history, "kept": kept})
     return history
+
+
+def _checkpoint(model, optimizer, scheduler, cfg, history, epochs_dir, last_path, fingerprint):
+    """Save this epoch if it is in the top-K, then the resume state, then drop evicted epochs.
+
+    The order makes a crash at any point safe: a resumed run redoes the unrecorded epoch.
+    """
+    epoch = history[-1]["epoch"]
+    kept = sorted(r["epoch"] for r in top_k(history, cfg.keep_top_k))
+    if epoch in kept:
+        with atomic_path(epochs_dir / f"epoch_{epoch:03d}.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+    _save_state(
+        last_path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "kept": kept,
+            "fingerprint": fingerprint,
+            "config": asdict(cfg),
+            "rng_torch": torch.get_rng_state(),
+        },
+    )
+    for stale in epochs_dir.glob("epoch_*.pt"):
+        if int(stale.stem.split("_")[1]) not in kept:
+            stale.unlink()

@@ -1,0 +1,170 @@
+"""Stage `render_captions`: caption the whole test split, score it, draw the chosen images.
+
+Writes (each atomically):
+- reports/captions/metrics.json: BLEU-1..4, CIDEr-D and exact match per decoding (greedy and,
+  when captions.decode.beam_size > 1, beam search), grounding of object words next to a
+  uniform map's value, and `rows` for the metrics table (model `captioner`);
+- reports/captions/test_captions.json: every test image's references and generated captions;
+- reports/captions/figures/: for each index in captions.render.images, `<name>.png` (image,
+  caption, one panel per generated token, <end> included), `<name>.npy` (the raw maps,
+  (T, grid, grid) float32, row i = generated token i) and `<name>.json` (tokens and ids).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages._common import cli, load_params, section
+from stages.train_captioner import DATA, MODEL_DIR, build_captioner, threads
+from vitlab.atomic import atomic_dir, write_json
+from vitlab.captions import store
+from vitlab.captions.dataset import CaptionSet, to_images
+from vitlab.captions.decode import attention_maps
+from vitlab.captions.metrics import Grounding, caption_scores
+from vitlab.captions.model import Captioner, load_captioner
+from vitlab.captions.render import caption_figure, save_figure
+from vitlab.captions.scenes import word_kind
+from vitlab.captions.train import generate
+from vitlab.captions.vocab import Vocab
+from vitlab.errors import VitlabError
+
+OUT = Path("reports/captions")
+
+
+def grounding(
+    model: Captioner, data: CaptionSet, vocab: Vocab, device: torch.device, batch: int = 256
+) -> dict | None:
+    """Object-word grounding over `data`, maps from one teacher-forced pass over each
+    reference caption (row i = the map while predicting reference token i)."""
+    if data.masks is None or data.token_objects is None:
+        return None
+    acc = Grounding()
+    for lo in range(0, len(data), batch):
+        idx = range(lo, min(lo + batch, len(data)))
+        refs = [vocab.encode(data.captions[i][0])[1 : model.cfg.max_len] for i in idx]
+        x = to_images(data.images[lo : lo + batch], device)
+        maps = attention_maps(model, x, refs, vocab.start, vocab.pad)
+        for i, m in zip(idx, maps, strict=True):
+            tokens = data.captions[i][0]
+            n = min(len(tokens), len(m))  # rows for the words; the last row predicts <end>
+            acc.add(
+                m.numpy()[:n],
+                data.masks[i],
+                data.token_objects[i][:n],
+                [word_kind(w) for w in tokens[:n]],
+            )
+    return acc.result()
+
+
+def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
+    """One metrics-table row per decoding (model `captioner`)."""
+    rows = []
+    for name, scores in decodings.items():
+        row = {"model": "captioner", "variant": name, **scores}
+        if ground is not None:
+            row.update(
+                grounding_mass=ground["mass"],
+                grounding_mass_uniform=ground["mass_uniform"],
+                pointing=ground["pointing"],
+                pointing_uniform=ground["pointing_uniform"],
+            )
+        rows.append(row)
+    return rows
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    p = section(params, "captions")
+    device = threads(params)
+    vocab = Vocab.load(MODEL_DIR / "vocab.json")
+    model = build_captioner(p, len(vocab), for_training=False)
+    load_captioner(model, MODEL_DIR / "model.pt").to(device).eval()
+    test = store.load_split(store.read_items(DATA), "test")
+    if test.images.shape[1] != model.cfg.image_size:
+        raise VitlabError(
+            f"{DATA} holds {test.images.shape[1]}-px images, the captioner expects "
+            f"{model.cfg.image_size}; rerun `dvc repro fetch_captions train_captioner`"
+        )
+    beam = int(p["decode"].get("beam_size", 1))
+    decoded = {"greedy": generate(model, test, vocab, device)}
+    if beam > 1:
+        decoded[f"beam{beam}"] = generate(model, test, vocab, device, beam_size=beam)
+    headline = f"beam{beam}" if beam > 1 else "greedy"
+    scores = {
+        name: caption_scores(test.captions, [vocab.decode(s) for s in seqs])
+        for name, seqs in decoded.items()
+    }
+    ground = grounding(model, test, vocab, device)
+    metrics = {
+        "model": "captioner",
+        "split": "test",
+        "images": len(test),
+        "headline": headline,
+        "tokenizer": "lower-case words of letters/digits (vitlab.captions.metrics.tokenize)",
+        "decodings": scores,
+        "grounding": ground,
+        "rows": metric_rows(scores, ground),
+    }
+    chosen = [int(i) for i in p["render"].get("images", [])]
+    bad = [i for i in chosen if not 0 <= i < len(test)]
+    if bad:
+        raise VitlabError(
+            f"captions.render.images {bad} are outside the test split (0..{len(test) - 1})"
+        )
+    with atomic_dir(OUT / "figures") as fig_dir:
+        seqs = [decoded[headline][i] for i in chosen]
+        maps = attention_maps(
+            model, to_images(test.images[chosen], device), seqs, vocab.start, vocab.pad
+        ) if chosen else []
+        for i, ids, m in zip(chosen, seqs, maps, strict=True):
+            name = f"test_{i:05d}"
+            labels = [f"{vocab.label(t)} ({t})" for t in ids]
+            caption = " ".join(vocab.decode(ids))
+            reference = " ".join(test.captions[i][0])
+            save_figure(
+                caption_figure(test.images[i], labels, m.numpy(), caption, reference),
+                fig_dir / f"{name}.png",
+            )
+            np.save(fig_dir / f"{name}.npy", m.numpy().astype(np.float32))
+            (fig_dir / f"{name}.json").write_text(
+                json.dumps(
+                    {
+                        "image": test.ids[i],
+                        "caption": caption,
+                        "reference": reference,
+                        "token_ids": ids,
+                        "tokens": [vocab.label(t) for t in ids],
+                        "maps": f"{name}.npy",
+                        "rows": "row i = last decoder layer cross-attention (mean over heads) "
+                        "while predicting token i",
+                    },
+                    indent=1,
+                )
+            )
+    write_json(
+        OUT / "test_captions.json",
+        [
+            {"image": test.ids[i], "references": [" ".join(r) for r in test.captions[i]],
+             **{name: " ".join(vocab.decode(seqs[i])) for name, seqs in decoded.items()}}
+            for i in range(len(test))
+        ],
+    )
+    write_json(OUT / "metrics.json", metrics)
+    s = scores[headline]
+    g = "" if ground is None else (
+        f", object words: mass {ground['mass']:.3f} (uniform {ground['mass_uniform']:.3f}), "
+        f"pointing {ground['pointing']:.3f} (uniform {ground['pointing_uniform']:.3f})"
+    )
+    print(
+        f"render_captions: {headline} BLEU-4 {s['bleu_4']:.4f}, CIDEr-D {s['cider_d']:.3f}, "
+        f"exact {s['exact_match']:.3f}{g}"
+    )
+
+
+if __name__ == "__main__":
+    main()
