@@ -9,7 +9,8 @@ import torch
 from stages._common import model_params, section
 from vitlab.data import load_meta
 from vitlab.device import amp_dtype, resolve_device
-from vitlab.models import build_model
+from vitlab.download import download
+from vitlab.models import build_model, hub_weights_path
 from vitlab.train import Runtime
 
 PREPARED = Path("data/prepared")
@@ -31,6 +32,19 @@ def runtime(params: dict) -> Runtime:
     )
 
 
+def fetch_weights(m: dict) -> None:
+    """Download the released weights into the torch hub cache when the params name a URL.
+
+    Only with `pretrained: true`, no local `weights` file, nothing cached yet, and a
+    `weights_url`; `weights_md5` (when set) is checked. Otherwise nothing is fetched.
+    """
+    if not m.get("pretrained") or m.get("weights") or not m.get("weights_url"):
+        return
+    target = hub_weights_path(m["arch"])
+    if not target.is_file():
+        download(m["weights_url"], target, m.get("weights_md5") or None)
+
+
 def build(params: dict, model: str, *, pretrained: bool | None = None) -> torch.nn.Module:
     """The model named by models.<model> (architecture, weights) for the prepared data.
 
@@ -38,6 +52,8 @@ def build(params: dict, model: str, *, pretrained: bool | None = None) -> torch.
     """
     m = model_params(params, model)
     meta = load_meta(PREPARED)
+    if pretrained is None:
+        fetch_weights(m)
     return build_model(
         m["arch"],
         num_classes=len(meta["classes"]),

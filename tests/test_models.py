@@ -111,3 +111,31 @@ def test_fused_attention_gives_the_stock_outputs_and_keeps_the_keys():
     with explicit_attention(model):
         model(x)
         assert model.transformer.blocks[0].attn.scores.shape == (4, 4, 65, 65)
+
+
+def test_released_weights_are_fetched_into_the_hub_cache_when_a_url_is_named(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from stages._model import fetch_weights
+    from vitlab.download import md5sum
+
+    served = tmp_path / "www"
+    served.mkdir()
+    torch.save(ViT("vitlab_micro_16", pretrained=False).state_dict(), served / "w.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = f"http://127.0.0.1:{server.server_address[1]}/w.pth"
+    try:
+        m = {"arch": "vitlab_micro_16", "pretrained": True, "weights": "", "weights_url": url}
+        with pytest.raises(VitlabError, match="md5"):
+            fetch_weights({**m, "weights_md5": "0" * 32})
+        assert not (tmp_path / "torch/hub/checkpoints/vitlab_micro_16.pth").exists()
+        fetch_weights({**m, "weights_md5": md5sum(served / "w.pth")})
+        model = build_model("vitlab_micro_16", num_classes=8, image_size=32, pretrained=True)
+        assert torch.equal(model.class_token, torch.load(served / "w.pth")["class_token"])
+    finally:
+        server.shutdown()
