@@ -29,7 +29,7 @@ from vitlab.atomic import write_json, write_text
 def stage_order(root: Path) -> list[str]:
     """Stage names in the order DVC would run them."""
     graph = Repo(str(root)).index.graph  # edges point from a stage to what it depends on
-    return [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
+    return [s.name for s in reversed(list(nx.topological_sort(graph)))]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, int, str]:
