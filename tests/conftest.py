@@ -47,7 +47,8 @@ def make_project(dest: Path, params: Path | None = MICRO) -> Path:
     ).stdout.split()
     for rel in files:
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("tests/", "dashboard/", "docs/")):
+        skip = rel.startswith(("tests/", "dashboard/", "docs/", "reports/")) or rel == "dvc.lock"
+        if src.is_file() and not skip:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     if params is not None:

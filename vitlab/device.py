@@ -24,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """`auto` -> bf16 on cuda, fp32 elsewhere; `bf16` forces it; `fp32` never."""
     if amp not in ("auto", "bf16", "fp32"):
-        raise VitlabError(f"train.amp: {amp!r} is unknown; use auto, bf16 or fp32")
+        raise VitlabError(f"runtime.amp: {amp!r} is unknown; use auto, bf16 or fp32")
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
