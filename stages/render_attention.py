@@ -62,7 +62,12 @@ def main() -> None:
     methods = check_methods(cfg.get("methods") or [])
     fusion = cfg.get("head_fusion", "mean")
     if fusion not in HEAD_FUSIONS:
-        raise VitlabError(f"maps.head_fusion: {fusion!r} is unknown; choose from {HEAD_FUSIONS}")
+        raise VitlabError(
+            f"maps.head_fusion: {fusion!r} is unknown; choose from {', '.join(HEAD_FUSIONS)}"
+        )
+    batch = cfg.get("batch_size", 64)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise VitlabError(f"maps.batch_size must be a positive integer (got {batch!r})")
     split_name = cfg.get("split")
     if split_name not in ("train", "val", "test"):
         raise VitlabError(f"maps.split: {split_name!r} is not a split; use test or val")
@@ -92,7 +97,7 @@ def main() -> None:
                 model,
                 split,
                 methods,
-                batch_size=cfg.get("batch_size", 64),
+                batch_size=batch,
                 device=rt.device,
                 head_fusion=fusion,
             )
@@ -120,14 +125,15 @@ def main() -> None:
                 "predicted": [classes[p] for p in shown],
                 "accuracy": round(float((pred == split.labels).mean()), 6),
             }
-            line = "  ".join(
-                f"{m} {s['pointing']:.3f}/{s['energy']:.3f}" for m, s in scores[name].items()
-            )
             first = next(iter(scores[name].values()))
-            print(
-                f"render_attention@{args.model}: {name:12s} pointing/energy  {line}  "
-                f"(uniform {first['pointing_uniform']:.3f}, n={first['n']})"
-            )
+            if first["n"]:
+                line = "  ".join(
+                    f"{m} {s['pointing']:.3f}/{s['energy']:.3f}" for m, s in scores[name].items()
+                )
+                line += f"  (uniform {first['pointing_uniform']:.3f}, n={first['n']})"
+            else:
+                line = f"no object masks in the {split_name} split: not scored"
+            print(f"render_attention@{args.model}: {name:12s} pointing/energy  {line}")
         write_json(tmp / "drawn.json", drawn)
     write_json(FIGURES / args.model / "scores.json", scores)
 

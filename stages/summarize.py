@@ -8,19 +8,25 @@ from pathlib import Path
 from stages._common import cli, load_params, section
 from vitlab.atomic import atomic_path, write_json
 from vitlab.errors import VitlabError
+from vitlab.grounding import metric_columns
 from vitlab.report import eval_rows, headline, metrics_table
 
 
 @cli
 def main() -> None:
     models = section(load_params(), "models")
-    rows = []
+    rows, extra = [], {}
     for model in models:
         path = Path("reports/eval") / f"{model}.json"
         if not path.is_file():
             raise VitlabError(f"{path} is missing; run `dvc repro evaluate@{model}`")
         rows += eval_rows(json.loads(path.read_text()))
-    df = metrics_table(rows)
+        scores = Path("reports/figures") / model / "scores.json"
+        if not scores.is_file():
+            raise VitlabError(f"{scores} is missing; run `dvc repro render_attention@{model}`")
+        for variant, columns in metric_columns(json.loads(scores.read_text())).items():
+            extra[(model, variant)] = columns
+    df = metrics_table(rows, extra)
     with atomic_path("reports/metrics.csv") as tmp:
         df.to_csv(tmp, index=False)
     write_json("reports/metrics.json", headline(df))

@@ -26,14 +26,16 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def position_mosaic(sim: np.ndarray) -> np.ndarray:
-    """(rows, cols, rows, cols) -> one 2-D array of tiles, NaN one-pixel gaps between them."""
+def position_mosaic(sim: np.ndarray, scale: int = 1) -> np.ndarray:
+    """(rows, cols, rows, cols) -> one 2-D array of tiles (each cell `scale` pixels wide), with
+    NaN one-pixel gaps between tiles."""
     rows, cols = sim.shape[:2]
-    out = np.full((rows * (rows + 1) - 1, cols * (cols + 1) - 1), np.nan, dtype=np.float32)
+    th, tw = rows * scale + 1, cols * scale + 1  # tile pitch, gap included
+    out = np.full((rows * th - 1, cols * tw - 1), np.nan, dtype=np.float32)
+    cell = np.ones((scale, scale), dtype=np.float32)
     for r in range(rows):
         for c in range(cols):
-            y, x = r * (rows + 1), c * (cols + 1)
-            out[y : y + rows, x : x + cols] = sim[r, c]
+            out[r * th : r * th + th - 1, c * tw : c * tw + tw - 1] = np.kron(sim[r, c], cell)
     return out
 
 
@@ -45,11 +47,14 @@ def position_figure(sim: np.ndarray, path: str | os.PathLike[str], title: str) -
     fig = _figure(side + 1.2, side)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    im = ax.imshow(position_mosaic(sim), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    scale = max(1, math.ceil(8 / max(rows, cols)))  # small grids: keep the gaps thin
+    mosaic = position_mosaic(sim, scale)
+    im = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    th, tw = rows * scale + 1, cols * scale + 1
     step = 1 if max(rows, cols) <= 16 else 2
-    ax.set_xticks([c * (cols + 1) + (cols - 1) / 2 for c in range(0, cols, step)])
+    ax.set_xticks([c * tw + (tw - 2) / 2 for c in range(0, cols, step)])
     ax.set_xticklabels([str(c + 1) for c in range(0, cols, step)])
-    ax.set_yticks([r * (rows + 1) + (rows - 1) / 2 for r in range(0, rows, step)])
+    ax.set_yticks([r * th + (th - 2) / 2 for r in range(0, rows, step)])
     ax.set_yticklabels([str(r + 1) for r in range(0, rows, step)])
     ax.tick_params(length=0, labelsize=8 if max(rows, cols) <= 16 else 6)
     ax.set_xlabel("input patch column")

@@ -31,11 +31,12 @@ def image_scores(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarr
     if mask.dim() != 3 or len(mask) != len(maps):
         raise ValueError(f"masks {tuple(mask.shape)} do not match maps {tuple(np.shape(maps))}")
     mask = (mask > 0).float()
+    grid = torch.as_tensor(maps).float().clamp(min=0).flatten(1)
+    constant = grid.amax(1) == grid.amin(1)  # decided on the grid: interpolation adds rounding
     up = upsample(maps, tuple(mask.shape[1:])).clamp(min=0).flatten(1)
     mask = mask.flatten(1)
     area = mask.mean(1)
     total = up.sum(1)
-    constant = up.amax(1) == up.amin(1)
     hit = mask.gather(1, up.argmax(1, keepdim=True))[:, 0]
     energy = (up * mask).sum(1) / total.clamp(min=1e-30)
     return {

@@ -7,7 +7,7 @@ All methods come from one eval-mode forward pass on the stock explicit-softmax p
 - `rollout` (Abnar & Zuidema 2020): per layer fuse the heads, add the identity for the residual
   path, renormalise each ROW to sum 1, multiply the layers (first layer rightmost), read the CLS
   row over the patch tokens. (jacobgil/vit-explain divides by the column sums instead.)
-- `grad_rollout` (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability", eq. 5-6):
+- `grad_rollout` (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability", ICCV):
   class-specific: per layer A_bar = mean over heads of (dy_c/dA * A) clipped at 0, then
   R <- R + A_bar @ R from R = I; read R's CLS row. c is the predicted class unless given.
 
