@@ -19,6 +19,7 @@ from vitlab.rollout import METHODS, attention_maps
 MODELS = {"M16": (4, 4), "M32": (2, 2)}  # the micro models' patch grids at 32 px
 VARIANTS = ("best_epoch", "uniform_soup", "greedy_soup")
 
+
 @pytest.fixture(scope="module")
 def maps_project(micro_project, tmp_path_factory):
     """A copy of the trained micro project (the map stages already ran in its repro)."""
