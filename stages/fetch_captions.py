@@ -10,31 +10,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._common import cli, load_params, section
+from stages._captions import DATA, captions_section
+from stages._common import cli, load_params
 from vitlab.atomic import atomic_dir
 from vitlab.captions import scenes, store
 from vitlab.captions.karpathy import read_karpathy
 from vitlab.errors import VitlabError
 
-OUT = Path("data/captions")
 SOURCES = ("synthetic", "karpathy")
 
 
 def scene_config(p: dict) -> scenes.SceneConfig:
     """captions.synthetic.scenes (+ captions.image_size) as a validated SceneConfig."""
-    cfg = scenes.SceneConfig.from_dict({**p["synthetic"].get("scenes", {}),
-                                        "image_size": p["image_size"]})
+    cfg = scenes.SceneConfig.from_dict(
+        {**p["synthetic"].get("scenes", {}), "image_size": p["image_size"]}
+    )
     cfg.validate()
     return cfg
 
 
 @cli
 def main() -> None:
-    p = section(load_params(), "captions")
+    p = captions_section(load_params(), "fetch_captions")
     source = p.get("source")
     if source not in SOURCES:
         raise VitlabError(f"captions.source: {source!r} is unknown; use one of {SOURCES}")
-    with atomic_dir(OUT) as tmp:
+    if source not in p:
+        raise VitlabError(
+            f"params.yaml: captions.{source} is missing (captions.source is {source})"
+        )
+    with atomic_dir(DATA) as tmp:
         if source == "synthetic":
             s = p["synthetic"]
             cfg = scene_config(p)

@@ -13,26 +13,29 @@ Writes (each atomically):
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages._common import cli, load_params, section
-from stages.train_captioner import DATA, MODEL_DIR, build_captioner, threads
+from stages._captions import (
+    DATA,
+    MODEL_DIR,
+    OUT,
+    build_captioner,
+    captions_section,
+    runtime_device,
+)
+from stages._common import cli, load_params
 from vitlab.atomic import atomic_dir, write_json
 from vitlab.captions import store
 from vitlab.captions.dataset import CaptionSet, to_images
-from vitlab.captions.decode import attention_maps
+from vitlab.captions.decode import attention_maps, generate
 from vitlab.captions.metrics import Grounding, caption_scores
 from vitlab.captions.model import Captioner, load_captioner
 from vitlab.captions.render import caption_figure, save_figure
 from vitlab.captions.scenes import word_kind
-from vitlab.captions.train import generate
 from vitlab.captions.vocab import Vocab
 from vitlab.errors import VitlabError
-
-OUT = Path("reports/captions")
 
 
 def grounding(
@@ -64,12 +67,13 @@ def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
     """One metrics-table row per decoding (model `captioner`)."""
     rows = []
     for name, scores in decodings.items():
-        row = {"model": "captioner", "variant": name, **scores}
+        kind = "beam" if name.startswith("beam") else "greedy"
+        row = {"model": "captioner", "variant": name, "kind": kind, **scores}
         if ground is not None:
             row.update(
-                grounding_mass=ground["mass"],
-                grounding_mass_uniform=ground["mass_uniform"],
-                pointing=ground["pointing"],
+                energy_words=ground["energy"],
+                energy_uniform=ground["energy_uniform"],
+                pointing_words=ground["pointing"],
                 pointing_uniform=ground["pointing_uniform"],
             )
         rows.append(row)
@@ -79,8 +83,8 @@ def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
 @cli
 def main() -> None:
     params = load_params()
-    p = section(params, "captions")
-    device = threads(params)
+    p = captions_section(params, "render_captions")
+    device = runtime_device(params)
     vocab = Vocab.load(MODEL_DIR / "vocab.json")
     model = build_captioner(p, len(vocab), for_training=False)
     load_captioner(model, MODEL_DIR / "model.pt").to(device).eval()
@@ -91,10 +95,15 @@ def main() -> None:
             f"{model.cfg.image_size}; rerun `dvc repro fetch_captions train_captioner`"
         )
     beam = int(p["decode"].get("beam_size", 1))
+    headline = p["decode"].get("headline", "greedy")
+    if headline not in ("greedy", "beam") or (headline == "beam" and beam < 2):
+        raise VitlabError(
+            f"captions.decode.headline {headline!r}: use greedy, or beam with beam_size >= 2"
+        )
     decoded = {"greedy": generate(model, test, vocab, device)}
     if beam > 1:
         decoded[f"beam{beam}"] = generate(model, test, vocab, device, beam_size=beam)
-    headline = f"beam{beam}" if beam > 1 else "greedy"
+    headline = f"beam{beam}" if headline == "beam" else "greedy"
     scores = {
         name: caption_scores(test.captions, [vocab.decode(s) for s in seqs])
         for name, seqs in decoded.items()
@@ -118,9 +127,13 @@ def main() -> None:
         )
     with atomic_dir(OUT / "figures") as fig_dir:
         seqs = [decoded[headline][i] for i in chosen]
-        maps = attention_maps(
-            model, to_images(test.images[chosen], device), seqs, vocab.start, vocab.pad
-        ) if chosen else []
+        maps = (
+            attention_maps(
+                model, to_images(test.images[chosen], device), seqs, vocab.start, vocab.pad
+            )
+            if chosen
+            else []
+        )
         for i, ids, m in zip(chosen, seqs, maps, strict=True):
             name = f"test_{i:05d}"
             labels = [f"{vocab.label(t)} ({t})" for t in ids]
@@ -149,17 +162,23 @@ def main() -> None:
     write_json(
         OUT / "test_captions.json",
         [
-            {"image": test.ids[i], "references": [" ".join(r) for r in test.captions[i]],
-             **{name: " ".join(vocab.decode(seqs[i])) for name, seqs in decoded.items()}}
+            {
+                "image": test.ids[i],
+                "references": [" ".join(r) for r in test.captions[i]],
+                **{name: " ".join(vocab.decode(seqs[i])) for name, seqs in decoded.items()},
+            }
             for i in range(len(test))
         ],
     )
     write_json(OUT / "metrics.json", metrics)
     s = scores[headline]
-    g = "" if ground is None else (
-        f", object words: mass {ground['mass']:.3f} (uniform {ground['mass_uniform']:.3f}), "
-        f"pointing {ground['pointing']:.3f} (uniform {ground['pointing_uniform']:.3f})"
-    )
+    g = ""
+    if ground is not None:
+        g = (
+            f", object words: energy {ground['energy']:.3f} "
+            f"(uniform {ground['energy_uniform']:.3f}), pointing {ground['pointing']:.3f} "
+            f"(uniform {ground['pointing_uniform']:.3f})"
+        )
     print(
         f"render_captions: {headline} BLEU-4 {s['bleu_4']:.4f}, CIDEr-D {s['cider_d']:.3f}, "
         f"exact {s['exact_match']:.3f}{g}"

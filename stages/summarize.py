@@ -26,10 +26,19 @@ def main() -> None:
             raise VitlabError(f"{scores} is missing; run `dvc repro render_attention@{model}`")
         for variant, columns in metric_columns(json.loads(scores.read_text())).items():
             extra[(model, variant)] = columns
-    df = metrics_table(rows, extra)
+    cap_path = Path("reports/captions/metrics.json")
+    if not cap_path.is_file():
+        raise VitlabError(f"{cap_path} is missing; run `dvc repro render_captions`")
+    cap_rows = json.loads(cap_path.read_text())["rows"]
+    df = metrics_table(rows + cap_rows, extra)
     with atomic_path("reports/metrics.csv") as tmp:
         df.to_csv(tmp, index=False)
-    write_json("reports/metrics.json", headline(df))
+    out = headline(df)
+    out["captioner"] = {
+        r["variant"]: {k: v for k, v in r.items() if k not in ("model", "variant", "kind")}
+        for r in cap_rows
+    }
+    write_json("reports/metrics.json", out)
     print(df[df["kind"] != "epoch"].to_string(index=False))
 
 

@@ -8,71 +8,34 @@ each folder replaced atomically at the end of a successful run.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from stages._captions import (
+    DATA,
+    MODEL_DIR,
+    OUT,
+    build_captioner,
+    captions_section,
+    runtime_device,
+    train_config,
+)
 from stages._common import cli, load_params, section
 from vitlab.atomic import atomic_dir
 from vitlab.captions import scenes, store
 from vitlab.captions.dataset import CaptionSet, from_scenes
-from vitlab.captions.model import Captioner, CaptionerConfig, config_dict, init_encoder
-from vitlab.captions.train import CaptionTrainConfig, fit_captioner
+from vitlab.captions.model import config_dict
+from vitlab.captions.train import fit_captioner
 from vitlab.captions.vocab import Vocab
-from vitlab.device import resolve_device
 from vitlab.errors import VitlabError
-
-DATA = Path("data/captions")
-MODEL_DIR = Path("models/captioner")
-LIVE_DIR = Path("reports/captions/train")
-MODEL_KEYS = ("arch", "encoder_blocks", "local_layers", "d_model", "heads", "layers",
-              "ff_mult", "dropout", "max_len", "pos_init")
-
-
-def model_config(p: dict, vocab_size: int) -> CaptionerConfig:
-    """captions.model (architecture keys) + captions.image_size + the vocabulary size."""
-    m = p["model"]
-    unknown = sorted(set(m) - set(MODEL_KEYS) - {"init", "pretrained", "weights"})
-    if unknown:
-        raise VitlabError(f"captions.model: unknown key(s) {unknown}; known: {list(MODEL_KEYS)}")
-    cfg = CaptionerConfig(
-        vocab_size=vocab_size,
-        image_size=int(p["image_size"]),
-        **{k: m[k] for k in MODEL_KEYS if k in m},
-    )
-    cfg.validate()
-    return cfg
-
-
-def build_captioner(p: dict, vocab_size: int, *, for_training: bool) -> Captioner:
-    """The captioner of captions.model; when training, its encoder is initialised as asked
-    (released weights via `pretrained`/`weights`, or a vitlab checkpoint via `init`)."""
-    m = p["model"]
-    pretrained = bool(m.get("pretrained", False)) and for_training
-    model = Captioner(
-        model_config(p, vocab_size), pretrained=pretrained, weights=m.get("weights") or None
-    )
-    if for_training and m.get("init"):
-        loaded = init_encoder(model, m["init"])
-        print(f"encoder initialised from {m['init']} ({len(loaded)} tensors)", file=sys.stderr)
-    return model
-
-
-def threads(params: dict) -> torch.device:
-    """runtime.device, with runtime.threads applied to torch's CPU pool."""
-    rt = section(params, "runtime")
-    if rt.get("threads"):
-        torch.set_num_threads(int(rt["threads"]))
-    return resolve_device(rt.get("device", "auto"))
 
 
 @cli
 def main() -> None:
     params = load_params()
-    p = section(params, "captions")
-    device = threads(params)
+    p = captions_section(params, "train_captioner")
+    device = runtime_device(params)
     t0 = time.perf_counter()
     items = store.read_items(DATA)
     train, val = store.load_split(items, "train"), store.load_split(items, "val")
@@ -84,7 +47,7 @@ def main() -> None:
     vocab = Vocab.build(
         [c for refs in train.captions for c in refs], int(p["vocab"].get("min_count", 1))
     )
-    tc = CaptionTrainConfig(**p["train"])
+    tc = train_config(p)
     gen = store.generator(DATA)
 
     def train_set(epoch: int) -> CaptionSet:
@@ -92,13 +55,11 @@ def main() -> None:
             return train
         cfg, seed = gen
         n = len(train)
-        return from_scenes(
-            scenes.generate(cfg, seed, "train", (epoch - 1) * n, n), [""] * n
-        )
+        return from_scenes(scenes.generate(cfg, seed, "train", (epoch - 1) * n, n), [""] * n)
 
     torch.manual_seed(tc.seed)
     model = build_captioner(p, len(vocab), for_training=True)
-    with atomic_dir(LIVE_DIR) as live_tmp, atomic_dir(MODEL_DIR) as model_tmp:
+    with atomic_dir(OUT / "train") as live_tmp, atomic_dir(MODEL_DIR) as model_tmp:
         history = fit_captioner(
             model,
             vocab,

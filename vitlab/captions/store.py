@@ -1,0 +1,136 @@
+"""The prepared caption folder: the contract between fetch_captions and the later stages.
+
+Whatever the source, `fetch_captions` leaves one folder holding `captions.json` (Karpathy
+format plus vitlab's extensions, see karpathy.py) and the images, already at the captioner's
+size, under images/<split>/ (masks of generated scenes under masks/<split>/). For generated
+scenes, captions.json also records the generator (`"generator": {"seed", "config"}`) so
+training can draw more scenes of exactly the same kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitlab.atomic import write_json
+from vitlab.captions.dataset import CaptionSet
+from vitlab.captions.karpathy import CaptionedImage, read_karpathy
+from vitlab.captions.scenes import Scene, SceneConfig
+from vitlab.errors import VitlabError
+
+CAPTIONS_FILE = "captions.json"
+SPLITS = ("train", "val", "test")
+
+
+def write_scenes(
+    root: str | os.PathLike[str], scenes: dict[str, list[Scene]], cfg: SceneConfig, seed: int
+) -> dict[str, int]:
+    """Write generated scenes (images, masks, captions.json) into `root`; counts per split."""
+    root = Path(root)
+    images = []
+    for split, items in scenes.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(items):
+            name = f"{i:05d}.png"
+            Image.fromarray(s.image).save(root / "images" / split / name)
+            Image.fromarray(s.mask).save(root / "masks" / split / name)
+            images.append(
+                {
+                    "filepath": f"images/{split}",
+                    "filename": name,
+                    "split": split,
+                    "imgid": len(images),
+                    "mask": f"masks/{split}/{name}",
+                    "sentences": [
+                        {"tokens": s.tokens, "raw": s.caption, "token_objects": s.token_objects}
+                    ],
+                }
+            )
+    doc = {
+        "dataset": "vitlab-scenes",
+        "generator": {"seed": seed, "config": cfg.to_dict()},
+        "images": images,
+    }
+    write_json(root / CAPTIONS_FILE, doc)
+    return {split: len(items) for split, items in scenes.items()}
+
+
+def write_resized(
+    root: str | os.PathLike[str], items: list[CaptionedImage], image_size: int, dataset: str
+) -> dict[str, int]:
+    """Copy a Karpathy set's images into `root` at image_size x image_size (resized, no crop,
+    RGB) with a normalised captions.json; counts per split."""
+    root = Path(root)
+    images, counts = [], dict.fromkeys(SPLITS, 0)
+    for item in items:
+        n = counts[item.split]
+        counts[item.split] += 1
+        name = f"{n:06d}.png"
+        (root / "images" / item.split).mkdir(parents=True, exist_ok=True)
+        try:
+            with Image.open(item.path) as im:
+                im = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
+                im.save(root / "images" / item.split / name)
+        except OSError as e:
+            raise VitlabError(
+                f"image {item.path} cannot be decoded ({e}); remove or replace it"
+            ) from e
+        images.append(
+            {
+                "filepath": f"images/{item.split}",
+                "filename": name,
+                "split": item.split,
+                "imgid": len(images),
+                "source": item.key,
+                "sentences": [{"tokens": c, "raw": " ".join(c)} for c in item.captions],
+            }
+        )
+    write_json(root / CAPTIONS_FILE, {"dataset": dataset, "images": images})
+    return counts
+
+
+def read_items(root: str | os.PathLike[str]) -> list[CaptionedImage]:
+    """Every image of a prepared caption folder (validated like any Karpathy file)."""
+    path = Path(root) / CAPTIONS_FILE
+    if not path.is_file():
+        raise VitlabError(f"{path} is missing; run `dvc repro fetch_captions`")
+    return read_karpathy(path, root)
+
+
+def generator(root: str | os.PathLike[str]) -> tuple[SceneConfig, int] | None:
+    """The scene generator (config, seed) recorded by fetch_captions, or None (real data)."""
+    doc = json.loads((Path(root) / CAPTIONS_FILE).read_text())
+    g = doc.get("generator")
+    return None if g is None else (SceneConfig.from_dict(g["config"]), int(g["seed"]))
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_split(items: list[CaptionedImage], split: str) -> CaptionSet:
+    """The images of one split in memory (masks/token objects when every image has them)."""
+    chosen = [it for it in items if it.split == split]
+    if not chosen:
+        raise VitlabError(f"the {split!r} caption split is empty; check the caption data")
+    images = [_rgb(it.path) for it in chosen]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise VitlabError(f"{split} images differ in size {sorted(shapes)}; rerun fetch_captions")
+    has_masks = all(it.mask is not None and it.token_objects is not None for it in chosen)
+    masks = None
+    if has_masks:
+        masks = np.stack([np.asarray(Image.open(it.mask)) for it in chosen])
+    return CaptionSet(
+        ids=[it.key for it in chosen],
+        images=np.stack(images),
+        captions=[it.captions for it in chosen],
+        masks=masks,
+        token_objects=[it.token_objects for it in chosen] if has_masks else None,
+    )
