@@ -10,11 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from stages._common import cli, load_params
 from stages._model import PREPARED, build, runtime
-from vitlab.atomic import atomic_path, write_json
+from vitlab.atomic import save_torch, write_json
 from vitlab.data import load_meta, load_split
 from vitlab.errors import VitlabError
 from vitlab.evaluate import evaluate
@@ -27,11 +25,6 @@ def read_selection(model: str) -> dict:
     if not path.is_file():
         raise VitlabError(f"{path} is missing; run `dvc repro select@{model}`")
     return json.loads(path.read_text())
-
-
-def save(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 @cli
@@ -63,8 +56,8 @@ def main() -> None:
     ]
     greedy, ingredients, log = greedy_soup(candidates, val_accuracy)
     out = Path("models") / args.model
-    save(uniform, out / "uniform_soup.pt")
-    save(greedy, out / "greedy_soup.pt")
+    save_torch(out / "uniform_soup.pt", uniform)
+    save_torch(out / "greedy_soup.pt", greedy)
     write_json(
         out / "soups.json",
         {

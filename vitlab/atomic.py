@@ -61,3 +61,15 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text`, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
+    """torch.save, atomically and byte-reproducibly.
+
+    Saving to an open file rather than a path keeps the temporary file's random name out of
+    the zip archive, so the same weights always give the same bytes (and the same DVC hash).
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from dvclive import Live
 from tqdm import tqdm
 
-from vitlab.atomic import atomic_path, write_json
+from vitlab.atomic import save_torch, write_json
 from vitlab.augment import sample_affine, warp
 from vitlab.data import Split, batches, normalize
 from vitlab.device import autocast
@@ -111,11 +111,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
-
-
-def _save_state(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def _load_resume(path: Path, fingerprint: str, epochs: int) -> dict | None:
@@ -288,9 +283,8 @@ def _checkpoint(model, optimizer, scheduler, cfg, history, epochs_dir, last_path
     epoch = history[-1]["epoch"]
     kept = sorted(r["epoch"] for r in top_k(history, cfg.keep_top_k))
     if epoch in kept:
-        with atomic_path(epochs_dir / f"epoch_{epoch:03d}.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
-    _save_state(
+        save_torch(epochs_dir / f"epoch_{epoch:03d}.pt", model.state_dict())
+    save_torch(
         last_path,
         {
             "model": model.state_dict(),
