@@ -8,9 +8,11 @@ augmented device tensors) alone. Writes reports/bench/throughput.{json,md}.
     python -m benchmarks.throughput                # the default small models on this CPU
     python -m benchmarks.throughput --preset gpu   # B_16, B_32, L_16 imagenet1k at 384 px
 
-Stock: fp32, explicit-softmax attention, the optimizer's default kernels. Fast: fused
-attention (SDPA), bf16 autocast where it measures faster (always on a GPU), fused optimizer
-on a GPU, optionally torch.compile.
+Stock: fp32, explicit-softmax attention, torch's dropout, the optimizer's default kernels.
+Fast: fused attention (SDPA; on CPU while training with dropout, explicit scores), the fast
+CPU dropout (vitlab.dropout), bf16 autocast where it measures faster (always on a GPU), the
+fused optimizer on a GPU, optionally torch.compile. The paths are timed in interleaved rounds
+and each rate is the median over rounds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ from vitlab.atomic import write_json, write_text
 from vitlab.augment import sample_affine, warp
 from vitlab.data import Split, batches, normalize
 from vitlab.device import autocast, resolve_device
+from vitlab.dropout import set_fast_dropout
 from vitlab.flops import train_flops
 from vitlab.fused_attention import set_fused_attention
 from vitlab.models import build_model
@@ -65,7 +70,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def train_rate(
+def train_step(
     arch: str,
     image_size: int,
     batch: int,
@@ -74,13 +79,12 @@ def train_rate(
     fast: bool,
     amp: torch.dtype | None,
     compile_model: bool,
-    steps: int,
-    warmup: int,
-) -> float:
-    """Training images/s of one path (forward, backward, optimizer step)."""
+) -> Callable[[], None]:
+    """One training step (forward, backward, optimizer step) of the stock or the fast path."""
     torch.manual_seed(0)
     model = build_model(arch, num_classes=37, image_size=image_size).to(device).train()
     set_fused_attention(model, fast)
+    set_fast_dropout(model, fast)
     fused_opt = fast and device.type == "cuda"
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused_opt or None)
     step_model = torch.compile(model) if compile_model else model
@@ -94,14 +98,36 @@ def train_rate(
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
+    return step
+
+
+def train_rates(
+    steps: dict[str, Callable[[], None]],
+    batch: int,
+    device: torch.device,
+    *,
+    rounds: int,
+    steps_per_round: int,
+    warmup: int,
+) -> dict[str, float]:
+    """Median training images/s of each path over `rounds` interleaved rounds.
+
+    Interleaving puts every path under the same background load; the median drops a round
+    that a neighbour's burst of work slowed down.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_round):
+                step()
+            sync(device)
+            rates[name].append(steps_per_round * batch / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def data_rate(image_size: int, batch: int, device: torch.device, n: int = 4096) -> float:
@@ -135,7 +161,8 @@ def main() -> None:
     p.add_argument("--models", default=None, help="comma-separated architectures")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="steps per path per round")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median counts")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
@@ -153,23 +180,24 @@ def main() -> None:
     }
     rows = []
     for arch in models:
-        kw = {"steps": args.steps, "warmup": args.warmup}
-        stock = train_rate(
-            arch, size, batch, device, fast=False, amp=None, compile_model=False, **kw
-        )
-        fast_fp32 = train_rate(
-            arch, size, batch, device, fast=True, amp=None, compile_model=args.compile, **kw
-        )
-        fast_bf16 = train_rate(
-            arch,
-            size,
+        build = {"image_size": size, "batch": batch, "device": device}
+        rate = train_rates(
+            {
+                "stock": train_step(arch, **build, fast=False, amp=None, compile_model=False),
+                "fast_fp32": train_step(
+                    arch, **build, fast=True, amp=None, compile_model=args.compile
+                ),
+                "fast_bf16": train_step(
+                    arch, **build, fast=True, amp=torch.bfloat16, compile_model=args.compile
+                ),
+            },
             batch,
             device,
-            fast=True,
-            amp=torch.bfloat16,
-            compile_model=args.compile,
-            **kw,
+            rounds=args.rounds,
+            steps_per_round=args.steps,
+            warmup=args.warmup,
         )
+        stock, fast_fp32, fast_bf16 = rate["stock"], rate["fast_fp32"], rate["fast_bf16"]
         bf16 = device.type == "cuda" or fast_bf16 > fast_fp32
         fast = fast_bf16 if bf16 else fast_fp32
         flops = train_flops(build_model(arch, num_classes=37, image_size=size), size)
@@ -182,7 +210,7 @@ def main() -> None:
                 "stock_img_s": round(stock, 1),
                 "fast_fp32_img_s": round(fast_fp32, 1),
                 "fast_bf16_img_s": round(fast_bf16, 1),
-                "fast_path": "fused+bf16" if bf16 else "fused+fp32",
+                "fast_path": "fused+fastdrop+bf16" if bf16 else "fused+fastdrop+fp32",
                 "fast_img_s": round(fast, 1),
                 "speedup": round(fast / stock, 2),
                 "stock_util_fp32_peak": round(stock * flops / peak["fp32"], 3),

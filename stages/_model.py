@@ -26,6 +26,7 @@ def runtime(params: dict) -> Runtime:
         device=device,
         amp=amp_dtype(r["amp"], device),
         fused_attention=r["fused_attention"],
+        fast_dropout=r["fast_dropout"],
         workers=r["workers"],
         eval_batch_size=r["eval_batch_size"],
         progress=r.get("progress", True),

@@ -68,6 +68,13 @@ def main() -> None:
     if status is not None:
         sys.exit(status)
     ctx = init(rt.device)
+    if ctx.main:
+        precision = "bf16 autocast" if rt.amp == torch.bfloat16 else "fp32"
+        print(
+            f"train@{args.model}: {rt.device}, {precision}, fused attention "
+            f"{rt.fused_attention}, fast dropout {rt.fast_dropout}",
+            flush=True,
+        )
     meta = load_meta(PREPARED)
     torch.manual_seed(cfg.seed)
     model = build(params, args.model)
@@ -75,6 +82,7 @@ def main() -> None:
         "model": model_params(params, args.model),
         "train": cfg.__dict__,
         "data": meta["fingerprint"],
+        "numerics": [str(rt.amp), rt.fused_attention, rt.fast_dropout],  # resume never mixes
     }
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     history = fit(

@@ -27,6 +27,7 @@ from vitlab.augment import sample_affine, warp
 from vitlab.data import Split, batches, normalize
 from vitlab.device import autocast
 from vitlab.distributed import Context, barrier
+from vitlab.dropout import set_fast_dropout
 from vitlab.errors import VitlabError
 from vitlab.evaluate import evaluate
 from vitlab.fused_attention import set_fused_attention
@@ -74,11 +75,14 @@ class TrainConfig:
 
 @dataclass
 class Runtime:
-    """How to run, not what to compute: these never change the numbers on one machine."""
+    """How to run, not what to compute. `amp`, `fused_attention` and `fast_dropout` still move
+    the numbers a little (precision, the order of the dropout draws), so the train stage lists
+    them as params."""
 
     device: torch.device = torch.device("cpu")
     amp: torch.dtype | None = None
     fused_attention: bool = True
+    fast_dropout: bool = True
     workers: int = 0
     eval_batch_size: int = 256
     progress: bool = True
@@ -205,6 +209,7 @@ def fit(
     epochs_dir, last_path = out_dir / "epochs", out_dir / "last.pt"
     model.to(rt.device)
     set_fused_attention(model, rt.fused_attention)
+    set_fast_dropout(model, rt.fast_dropout)
     steps_per_epoch = len(train) // cfg.batch_size
     optimizer = make_optimizer(model, cfg, rt.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
