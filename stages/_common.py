@@ -6,6 +6,7 @@ missing file) becomes `error: <message>` on stderr and exit status 2, never a tr
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -41,6 +42,13 @@ def model_params(params: dict[str, Any], model: str) -> dict[str, Any]:
             f"params.yaml: models.{model} is not defined; known models: {', '.join(models)}"
         )
     return models[model]
+
+
+def model_argument(description: str | None) -> str:
+    """The one argument of a per-model stage (`train@B_16` runs `stages.train B_16`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("model", help="a key of the models mapping in params.yaml")
+    return parser.parse_args().model
 
 
 def cli(main: Callable[..., None]) -> Callable[..., None]:

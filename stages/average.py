@@ -6,11 +6,10 @@ soups.json (ingredients, and the greedy soup's val accuracy at each step).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from stages._common import cli, load_params
+from stages._common import cli, load_params, model_argument
 from stages._model import PREPARED, build, runtime
 from vitlab.atomic import save_torch, write_json
 from vitlab.data import load_meta, load_split
@@ -29,13 +28,11 @@ def read_selection(model: str) -> dict:
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    args = parser.parse_args()
+    key = model_argument(__doc__)
     params = load_params()
     rt = runtime(params)
-    selection = read_selection(args.model)
-    model = build(params, args.model, pretrained=False).to(rt.device)
+    selection = read_selection(key)
+    model = build(params, key, pretrained=False).to(rt.device)
     reference = model.state_dict()
     names = [Path(s["path"]).stem for s in selection["selected"]]
     states = [read_state_dict(s["path"]) for s in selection["selected"]]
@@ -55,7 +52,7 @@ def main() -> None:
         for name, state, s in zip(names, states, selection["selected"], strict=True)
     ]
     greedy, ingredients, log = greedy_soup(candidates, val_accuracy)
-    out = Path("models") / args.model
+    out = Path("models") / key
     save_torch(out / "uniform_soup.pt", uniform)
     save_torch(out / "greedy_soup.pt", greedy)
     write_json(
@@ -65,7 +62,7 @@ def main() -> None:
             "greedy": {"ingredients": ingredients, "held_out": "val", "rule": ">=", "steps": log},
         },
     )
-    print(f"average@{args.model}: uniform of {names}, greedy of {ingredients}")
+    print(f"average@{key}: uniform of {names}, greedy of {ingredients}")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@ variant and split. Selecting epochs on val makes the val numbers optimistic; tes
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from stages._common import cli, load_params
+from stages._common import cli, load_params, model_argument
 from stages._model import PREPARED, build, runtime
 from vitlab.atomic import write_json
 from vitlab.data import load_meta, load_split
@@ -40,18 +39,16 @@ def variants(model: str) -> dict[str, tuple[str, list[int], Path]]:
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    args = parser.parse_args()
+    key = model_argument(__doc__)
     params = load_params()
     rt = runtime(params)
     meta = load_meta(PREPARED)
     num_classes = len(meta["classes"])
     splits = {s: load_split(PREPARED, s) for s in ("val", "test")}
-    model = build(params, args.model, pretrained=False).to(rt.device)
+    model = build(params, key, pretrained=False).to(rt.device)
     batch = params["evaluate"]["batch_size"]
-    report = {"model": args.model, "classes": meta["classes"], "variants": {}}
-    for name, (kind, epochs, path) in variants(args.model).items():
+    report = {"model": key, "classes": meta["classes"], "variants": {}}
+    for name, (kind, epochs, path) in variants(key).items():
         load_checkpoint(model, path)
         entry = {"kind": kind, "epochs": epochs, "checkpoint": str(path)}
         for split, data in splits.items():
@@ -60,10 +57,10 @@ def main() -> None:
             )
         report["variants"][name] = entry
         print(
-            f"evaluate@{args.model}: {name:13s} val {entry['val']['accuracy']:.4f}  "
+            f"evaluate@{key}: {name:13s} val {entry['val']['accuracy']:.4f}  "
             f"test {entry['test']['accuracy']:.4f}"
         )
-    write_json(Path("reports/eval") / f"{args.model}.json", report)
+    write_json(Path("reports/eval") / f"{key}.json", report)
 
 
 if __name__ == "__main__":

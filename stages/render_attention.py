@@ -11,11 +11,9 @@ plus attention/drawn.json (indices, labels, predictions, checkpoints).
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from stages._common import cli, load_params, section
+from stages._common import cli, load_params, model_argument, section
 from stages._model import PREPARED, build, runtime
 from stages.render_positions import FIGURES, variant_checkpoints
 from vitlab.atomic import atomic_dir, write_json
@@ -53,9 +51,7 @@ def check_indices(indices: object, size: int, split: str) -> list[int]:
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    args = parser.parse_args()
+    key = model_argument(__doc__)
     params = load_params()
     cfg = section(params, "maps")
     rt = runtime(params)
@@ -74,13 +70,13 @@ def main() -> None:
     split = load_split(PREPARED, split_name)
     classes = load_meta(PREPARED)["classes"]
     indices = check_indices(cfg.get("images"), len(split), split_name)
-    table = variant_checkpoints(args.model, cfg.get("variants"), "maps.variants")
-    model = build(params, args.model, pretrained=False).to(rt.device)
+    table = variant_checkpoints(key, cfg.get("variants"), "maps.variants")
+    model = build(params, key, pretrained=False).to(rt.device)
     images = np.asarray(split.images[indices])
     masks = np.asarray(split.masks[indices])
     labels = split.labels[indices]
     drawn = {
-        "model": args.model,
+        "model": key,
         "split": split_name,
         "indices": indices,
         "labels": [classes[t] for t in labels],
@@ -90,7 +86,7 @@ def main() -> None:
         "variants": {},
     }
     scores: dict = {}
-    with atomic_dir(FIGURES / args.model / "attention") as tmp:
+    with atomic_dir(FIGURES / key / "attention") as tmp:
         for name, (_, epochs, path) in table.items():
             load_checkpoint(model, path)
             maps, logits = split_maps(
@@ -115,7 +111,7 @@ def main() -> None:
                     maps[m][indices],
                     tmp / f"attention_{m}_{name}.png",
                     titles=titles,
-                    title=f"{args.model} {name}: {LABELS[m]}",
+                    title=f"{key} {name}: {LABELS[m]}",
                     masks=masks,
                     correct=(shown == labels).tolist(),
                 )
@@ -133,9 +129,9 @@ def main() -> None:
                 line += f"  (uniform {first['pointing_uniform']:.3f}, n={first['n']})"
             else:
                 line = f"no object masks in the {split_name} split: not scored"
-            print(f"render_attention@{args.model}: {name:12s} pointing/energy  {line}")
+            print(f"render_attention@{key}: {name:12s} pointing/energy  {line}")
         write_json(tmp / "drawn.json", drawn)
-    write_json(FIGURES / args.model / "scores.json", scores)
+    write_json(FIGURES / key / "scores.json", scores)
 
 
 if __name__ == "__main__":

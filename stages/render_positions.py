@@ -6,12 +6,11 @@ Writes reports/figures/<M>/positions/positions_<variant>.png and, beside each, t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from stages._common import cli, load_params, section
+from stages._common import cli, load_params, model_argument, section
 from stages._model import build
 from stages.evaluate import variants
 from vitlab.atomic import atomic_dir
@@ -37,14 +36,12 @@ def variant_checkpoints(model: str, names: list[str], param: str) -> dict[str, t
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    args = parser.parse_args()
+    key = model_argument(__doc__)
     params = load_params()
     cfg = section(params, "maps")
-    table = variant_checkpoints(args.model, cfg.get("position_variants"), "maps.position_variants")
-    model = build(params, args.model, pretrained=False)
-    with atomic_dir(FIGURES / args.model / "positions") as tmp:
+    table = variant_checkpoints(key, cfg.get("position_variants"), "maps.position_variants")
+    model = build(params, key, pretrained=False)
+    with atomic_dir(FIGURES / key / "positions") as tmp:
         for name, (_, epochs, path) in table.items():
             load_checkpoint(model, path)
             sim = model_position_similarity(model)
@@ -53,9 +50,9 @@ def main() -> None:
             position_figure(
                 sim,
                 tmp / f"positions_{name}.png",
-                title=f"{args.model} {name} (epochs {epochs_text}): position embedding similarity",
+                title=f"{key} {name} (epochs {epochs_text}): position embedding similarity",
             )
-            print(f"render_positions@{args.model}: {name} grid {sim.shape[0]}x{sim.shape[1]}")
+            print(f"render_positions@{key}: {name} grid {sim.shape[0]}x{sim.shape[1]}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ history.json, and the dvclive curves in reports/train/<M>/.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shlex
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stages._common import cli, load_params, model_params, section
+from stages._common import cli, load_params, model_argument, model_params, section
 from stages._model import PREPARED, build, runtime
 from vitlab.data import load_meta, load_split
 from vitlab.distributed import init, launched_by_torchrun
@@ -59,27 +58,25 @@ def relaunch_with_torchrun(params: dict, model: str) -> int | None:
 
 @cli
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model")
-    args = parser.parse_args()
+    key = model_argument(__doc__)
     params = load_params()
-    cfg, rt = train_config(params, args.model), runtime(params)
-    status = relaunch_with_torchrun(params, args.model)
+    cfg, rt = train_config(params, key), runtime(params)
+    status = relaunch_with_torchrun(params, key)
     if status is not None:
         sys.exit(status)
     ctx = init(rt.device)
     if ctx.main:
         precision = "bf16 autocast" if rt.amp == torch.bfloat16 else "fp32"
         print(
-            f"train@{args.model}: {rt.device}, {precision}, fused attention "
+            f"train@{key}: {rt.device}, {precision}, fused attention "
             f"{rt.fused_attention}, fast dropout {rt.fast_dropout}",
             flush=True,
         )
     meta = load_meta(PREPARED)
     torch.manual_seed(cfg.seed)
-    model = build(params, args.model)
+    model = build(params, key)
     spec = {
-        "model": model_params(params, args.model),
+        "model": model_params(params, key),
         "train": cfg.__dict__,
         "data": meta["fingerprint"],
         "numerics": [str(rt.amp), rt.fused_attention, rt.fast_dropout],  # resume never mixes
@@ -91,15 +88,15 @@ def main() -> None:
         load_split(PREPARED, "val"),
         cfg,
         rt,
-        out_dir=Path("models") / args.model,
-        live_dir=Path("reports/train") / args.model,
+        out_dir=Path("models") / key,
+        live_dir=Path("reports/train") / key,
         fingerprint=fingerprint,
         num_classes=len(meta["classes"]),
         ctx=ctx,
     )
     if ctx.main:
         best = max(r["val_acc"] for r in history)
-        print(f"train@{args.model}: {len(history)} epochs, best val_acc {best:.4f}")
+        print(f"train@{key}: {len(history)} epochs, best val_acc {best:.4f}")
 
 
 if __name__ == "__main__":
