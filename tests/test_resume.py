@@ -23,6 +23,7 @@ def _project(dest: Path) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = EPOCHS
     params["train"]["batch_size"] = 8  # more steps an epoch: time to interrupt it
+    params["runtime"].update(amp="bf16", fast_dropout=True)  # the default's CPU numerics
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
