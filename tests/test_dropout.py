@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vitlab.device import amp_dtype, cpu_has_native_bf16
-from vitlab.dropout import LEVELS, FastDropout, keep_threshold, set_fast_dropout
+from vitlab.dropout import LEVELS, FastDropout, drop_threshold, set_fast_dropout
 from vitlab.fused_attention import set_fused_attention
 from vitlab.models import build_model
 
@@ -23,7 +23,7 @@ def test_every_lane_drops_at_the_rounded_rate_and_the_mean_is_kept(p):
     torch.manual_seed(0)
     x = torch.ones(1 << 21)
     y = FastDropout(p).train()(x)
-    rate = keep_threshold(p) / LEVELS
+    rate = drop_threshold(p) / LEVELS
     assert abs(rate - p) <= 0.5 / LEVELS
     dropped = y == 0
     # each of the four 16-bit lanes of one 64-bit draw is its own fair coin
@@ -50,7 +50,7 @@ def test_the_gradient_is_the_mask_times_the_scale():
     y = FastDropout(0.2).train()(x)
     y.sum().backward()
     kept = y.detach() != 0
-    scale = LEVELS / (LEVELS - keep_threshold(0.2))
+    scale = LEVELS / (LEVELS - drop_threshold(0.2))
     torch.testing.assert_close(x.grad, kept.float() * scale)
 
 

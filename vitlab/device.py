@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU has bf16 instructions (avx512_bf16 / AMX on x86, bf16 on Arm).
 
-    Without them bf16 autocast is emulated and slower than fp32; with them it measured 1.4x
+    Without them bf16 autocast is emulated and slower than fp32; with them it measured 1.1-1.6x
     faster for the default models (benchmarks/throughput.py). Read from the Linux flags, so
     the choice is the same on every run on one machine.
     """

@@ -17,8 +17,8 @@ from torch import nn
 LEVELS = 1 << 16  # one 16-bit lane per element
 
 
-def keep_threshold(p: float) -> int:
-    """The number of the 65536 lane values that drop an element: round(p * 65536)."""
+def drop_threshold(p: float) -> int:
+    """How many of the 65536 lane values drop an element: round(p * 65536)."""
     return round(p * LEVELS)
 
 
@@ -30,7 +30,7 @@ class FastDropout(nn.Dropout):
             return super().forward(x)
         if self.p >= 1:
             return x * 0
-        drop = keep_threshold(self.p)
+        drop = drop_threshold(self.p)
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
         lanes = bits.view(torch.int16)[: x.numel()].view(x.shape)  # uniform on -32768..32767
         scale = LEVELS / (LEVELS - drop)
