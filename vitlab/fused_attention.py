@@ -5,8 +5,8 @@ softmax in fp32 and keeps it in `.scores`. For training we swap in
 `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU), which never
 materialises the scores. One exception: SDPA's CPU kernels have no dropout, so CPU training
 with attention dropout would fall back to SDPA's math path and torch's serial Bernoulli; there
-the scores are computed explicitly and dropped by the block's own dropout module (a
-`FastDropout` when `runtime.fast_dropout` is on). Parameter names, state_dict keys and
+the stock forward runs, dropping through the block's own dropout module (a `FastDropout` when
+`runtime.fast_dropout` is on). Parameter names, state_dict keys and
 checkpoints are untouched; the swap is per module instance, and `explicit_attention` switches
 back for figures.
 """
@@ -14,7 +14,6 @@ back for figures.
 from __future__ import annotations
 
 import contextlib
-import math
 import types
 from collections.abc import Iterator
 
@@ -24,21 +23,19 @@ from pytorch_pretrained_vit.transformer import MultiHeadedSelfAttention
 
 
 def _fused_forward(self: MultiHeadedSelfAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
+    dropout = self.drop.p if self.training else 0.0
+    if dropout > 0 and x.device.type == "cpu":  # SDPA has no CPU dropout: the stock forward
+        out = MultiHeadedSelfAttention.forward(self, x, mask)
+        self.scores = None
+        return out
     b, s, d = x.shape
     h = self.n_heads
     q, k, v = (
         p(x).view(b, s, h, d // h).transpose(1, 2) for p in (self.proj_q, self.proj_k, self.proj_v)
     )
-    dropout = self.drop.p if self.training else 0.0
     self.scores = None
-    if dropout > 0 and x.device.type == "cpu":
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d // h)
-        if mask is not None:
-            scores = scores - 10000.0 * (1.0 - mask[:, None, None, :].float())  # as the stock
-        out = self.drop(F.softmax(scores, dim=-1)) @ v
-    else:
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    attn_mask = None if mask is None else mask[:, None, None, :].bool()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
     return out.transpose(1, 2).reshape(b, s, d)
 
 
