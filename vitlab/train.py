@@ -99,14 +99,23 @@ def lr_factor(cfg: TrainConfig, iteration: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """SGD with momentum (the reference recipe) or AdamW; no weight decay on norms and biases."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embedding" in n]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
+def decay_groups(
+    model: torch.nn.Module, weight_decay: float, position_key: str = "pos_embedding"
+) -> list[dict]:
+    """Optimizer groups: weight decay on matrices, none on norms, biases and the parameters
+    whose name holds `position_key` (position embeddings)."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and position_key not in n]
+    no_decay = [p for n, p in named if p.ndim < 2 or position_key in n]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """SGD with momentum (the reference recipe) or AdamW, over `decay_groups`."""
+    groups = decay_groups(model, cfg.weight_decay)
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)

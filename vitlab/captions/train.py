@@ -24,6 +24,7 @@ from vitlab.captions.metrics import bleu
 from vitlab.captions.model import Captioner, caption_loss
 from vitlab.captions.vocab import Vocab
 from vitlab.errors import VitlabError
+from vitlab.train import decay_groups
 
 
 @dataclass
@@ -99,15 +100,8 @@ def fit_captioner(
         raise VitlabError(
             f"captions.train.batch_size {cfg.batch_size} exceeds the {n_pairs} training captions"
         )
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
+    # "pos": the encoder's pos_embedding and the decoder's `pos` table
+    opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay, position_key="pos"), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
     refs = val.captions
