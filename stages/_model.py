@@ -10,15 +10,23 @@ from stages._common import model_params, section
 from vitlab.data import load_meta
 from vitlab.device import amp_dtype, resolve_device
 from vitlab.download import download
+from vitlab.errors import VitlabError
 from vitlab.models import build_model, hub_weights_path
 from vitlab.train import Runtime
 
 PREPARED = Path("data/prepared")
+RUNTIME_KEYS = ("device", "amp", "fused_attention", "fast_dropout", "workers", "eval_batch_size")
 
 
 def runtime(params: dict) -> Runtime:
     """runtime.* as a Runtime, with torch's CPU threads set."""
     r = section(params, "runtime")
+    missing = [k for k in RUNTIME_KEYS if k not in r]
+    if missing:
+        raise VitlabError(
+            f"params.yaml: runtime.{missing[0]} is missing; copy the runtime section of the "
+            "repo's params.yaml (it lists every key with its default)"
+        )
     device = resolve_device(r["device"])
     if r.get("threads"):
         torch.set_num_threads(r["threads"])

@@ -56,6 +56,13 @@ def test_unknown_architecture(project):
     assert not (project / "models/M16").exists()
 
 
+def test_a_params_file_without_a_runtime_key_names_it(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    del params["runtime"]["fast_dropout"]  # a params.yaml from before the key existed
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert_one_line_error(stage(project, "stages.train", "M16"), "runtime.fast_dropout")
+
+
 def test_image_size_not_divisible_by_the_patch(project):
     set_param(project, "prepare.image_size", 36)
     assert stage(project, "stages.prepare").returncode == 0
