@@ -23,7 +23,7 @@ from pathlib import Path
 import networkx as nx
 from dvc.repo import Repo
 
-from vitlab.atomic import write_json, write_text
+from vitlab.core.atomic import write_json, write_text
 
 
 def stage_order(root: Path) -> list[str]:

@@ -1,18 +1,29 @@
-"""Training throughput: the stock pytorch_pretrained_vit path against vitlab's fast path.
+"""Training throughput: vitlab's fast path against the stock path and its peers, in one run.
 
-Measured in one run, on this machine: training images/s of each path for each model, the
-analytic training FLOPs per image, the matmul peak (fp32 and bf16) measured here, the
-utilisation of that peak, and the data path (memory-mapped uint8 batches -> normalised,
-augmented device tensors) alone. Writes reports/bench/throughput.{json,md}.
+Measured on this machine, for each model: training images/s of every path below, the analytic
+training FLOPs per image, the matmul peak (fp32 and bf16) measured here, the utilisation of
+that peak, the fast path's ratio to each other path and to the best of them, and the data path
+(memory-mapped uint8 batches -> normalised, augmented device tensors) alone. Writes
+reports/bench/throughput.{json,md}.
 
     python -m benchmarks.throughput                # the default small models on this CPU
     python -m benchmarks.throughput --preset gpu   # B_16, B_32, L_16 imagenet1k at 384 px
+    python -m benchmarks.throughput --threads 1    # a shared CPU: one thread per path
 
-Stock: fp32, explicit-softmax attention, torch's dropout, the optimizer's default kernels.
-Fast: fused attention (SDPA; on CPU while training with dropout, explicit scores), the fast
-CPU dropout (vitlab.dropout), bf16 autocast where it measures faster (always on a GPU), the
-fused optimizer on a GPU, optionally torch.compile. The paths are timed in interleaved rounds
-and each rate is the median over rounds.
+The paths train one architecture, batch, loss (cross-entropy) and optimizer (AdamW, one lr and
+weight decay):
+- stock: pytorch_pretrained_vit as released, fp32, explicit softmax, torch's dropout, the
+  optimizer's default kernels;
+- hf_fp32, hf_bf16: Hugging Face transformers' ViT with SDPA attention, built from a config to
+  mirror the model (benchmarks/peers.py), fp32 and under bf16 autocast;
+- compiled_stock: the stock model under torch.compile, timed after the compile, which is
+  reported apart (a compile that fails here is reported as its error, not raised);
+- fast: vitlab's fast path: fused attention (SDPA; on CPU while training with dropout, explicit
+  scores), the fast CPU dropout (vitlab.vit.dropout), the training loop's optimizer (fused on a
+  GPU), bf16 autocast where it measures faster (always on a GPU), optionally torch.compile.
+The peers other than stock share the fast path's optimizer, so a ratio isolates the model.
+transformers is a benchmark-only extra: without it the HF columns say "not installed". The
+paths are timed in interleaved rounds and each rate is the median over rounds.
 """
 
 from __future__ import annotations
@@ -29,15 +40,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_pretrained_vit import ViT
 
-from vitlab.atomic import write_json, write_text
-from vitlab.augment import sample_affine, warp
-from vitlab.data import Split, batches, normalize
-from vitlab.device import autocast, resolve_device
-from vitlab.dropout import set_fast_dropout
-from vitlab.flops import train_flops
-from vitlab.fused_attention import set_fused_attention
-from vitlab.models import build_model
+from benchmarks.peers import hf_mirror, parameter_count, transformers_version
+from vitlab.core.atomic import write_json, write_text
+from vitlab.prepared import Split, batches, normalize
+from vitlab.training.augment import sample_affine, warp
+from vitlab.training.steps import make_optimizer
+from vitlab.vit.device import autocast, resolve_device
+from vitlab.vit.dropout import set_fast_dropout
+from vitlab.vit.flops import train_flops
+from vitlab.vit.fused_attention import set_fused_attention
+from vitlab.vit.models import build_model
 
 PRESETS = {
     "cpu": {"models": ["vitlab_B_16", "vitlab_B_32", "vitlab_L_16"], "image_size": 64, "batch": 64},
@@ -47,6 +61,30 @@ PRESETS = {
         "batch": 16,  # the reference recipe's batch; stock L_16 at 32 nears 80 GB
     },
 }
+PRECISION = {
+    "stock": "fp32",
+    "hf_fp32": "fp32",
+    "hf_bf16": "bf16",
+    "compiled_stock": "fp32",
+    "fast_fp32": "fp32",
+    "fast_bf16": "bf16",
+}
+PATHS = tuple(PRECISION)
+PEERS = ("stock", "hf_fp32", "hf_bf16", "compiled_stock")
+LABELS = {
+    "stock": "stock",
+    "hf_fp32": "HF fp32",
+    "hf_bf16": "HF bf16",
+    "compiled_stock": "compiled stock",
+}
+NUM_CLASSES = 37
+LR, WEIGHT_DECAY = 2e-3, 0.05  # params.yaml's train.lr and train.weight_decay, with AdamW
+SPEEDUP_AIM = 1.3  # fast over the best peer, every model
+# fast's share of the top peak, by the family mirrored. The aim names the bf16 peak; where this
+# machine's fp32 matmul measures faster than its bf16 (a CPU without AMX), the fp32 peak is the
+# one to reach, so the share is of the higher of the two.
+UTIL_AIM = {"L_16": 0.5, "B_16": 0.4}
+NOT_INSTALLED = "not installed"
 
 
 def sync(device: torch.device) -> None:
@@ -54,13 +92,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
-    """Measured FLOP/s of an n x n matmul in `dtype` (the practical peak for this machine)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
+def matmul_rate(a: torch.Tensor, b: torch.Tensor, seconds: float) -> float:
+    """FLOP/s of repeated `a @ b` for about `seconds`."""
+    device, n = a.device, a.shape[0]
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(5):
@@ -70,35 +104,120 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def matmul_peaks(device: torch.device, n: int, rounds: int = 4) -> dict[str, float]:
+    """Measured FLOP/s of an n x n matmul in fp32 and bf16: the practical peaks of this machine.
+
+    Each is the best of `rounds` interleaved rounds: a neighbour's load only ever lowers a
+    round, and interleaving keeps it from lowering one dtype's figure alone.
+    """
+    pairs = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        pairs[name] = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
+        matmul_rate(*pairs[name], seconds=0.1)
+    best = dict.fromkeys(pairs, 0.0)
+    for _ in range(rounds):
+        for name, (a, b) in pairs.items():
+            best[name] = max(best[name], matmul_rate(a, b, seconds=0.5))
+    return best
+
+
+def family(arch: str) -> str:
+    """The released model an architecture is or mirrors: vitlab_L_16 and L_16_imagenet1k -> L_16."""
+    return arch.removeprefix("vitlab_").removesuffix("_imagenet1k")
+
+
+def stock_model(arch: str, image_size: int, device: torch.device) -> ViT:
+    """The stock model in training mode, seeded: every path of a model starts alike."""
+    torch.manual_seed(0)
+    return build_model(arch, num_classes=NUM_CLASSES, image_size=image_size).to(device).train()
+
+
 def train_step(
+    path: str,
     arch: str,
     image_size: int,
     batch: int,
     device: torch.device,
     *,
-    fast: bool,
-    amp: torch.dtype | None,
-    compile_model: bool,
+    compile_fast: bool,
 ) -> Callable[[], None]:
-    """One training step (forward, backward, optimizer step) of the stock or the fast path."""
-    torch.manual_seed(0)
-    model = build_model(arch, num_classes=37, image_size=image_size).to(device).train()
-    set_fused_attention(model, fast)
-    set_fast_dropout(model, fast)
-    fused_opt = fast and device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused_opt or None)
-    step_model = torch.compile(model) if compile_model else model
+    """One training step (forward, backward, optimizer step) of `path` (one of PATHS)."""
+    model = stock_model(arch, image_size, device)
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if path.startswith("fast"):
+        set_fused_attention(model, True)
+        set_fast_dropout(model, True)
+        if compile_fast:
+            forward = torch.compile(model)
+    elif path.startswith("hf"):
+        model = hf_mirror(model, image_size).to(device).train()
+        hf = model
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return hf(pixel_values=x).logits
+
+    elif path == "compiled_stock":
+        forward = torch.compile(model)
+    if path == "stock":
+        opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    else:
+        groups = [{"params": list(model.parameters()), "weight_decay": WEIGHT_DECAY}]
+        opt = make_optimizer(groups, "adamw", LR, 0.0, device)
+    amp = torch.bfloat16 if PRECISION[path] == "bf16" else None
     x = torch.randn(batch, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 37, (batch,), device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
     def step() -> None:
         with autocast(device, amp):
-            loss = F.cross_entropy(step_model(x), y)
+            loss = F.cross_entropy(forward(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     return step
+
+
+def significant(x: float, digits: int = 3) -> float:
+    """`x` to `digits` significant figures: a micro model's utilisation is far below 0.001."""
+    return float(f"{x:.{digits}g}")
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An exception as one table-safe line (inductor's errors run to pages)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def warm_paths(
+    build: Callable[[str], Callable[[], None]], device: torch.device, warmup: int
+) -> tuple[dict[str, Callable[[], None]], dict[str, float], dict[str, str]]:
+    """Build and warm up every path: (steps, seconds of each first step, errors of peers).
+
+    The first step holds torch.compile's compile. A peer that cannot be built or run here
+    (transformers missing, no working compiler) gives its error instead of stopping the run;
+    stock and vitlab's own paths raise.
+    """
+    steps, first, errors = {}, {}, {}
+    for path in PATHS:
+        if path.startswith("hf") and transformers_version() is None:
+            errors[path] = NOT_INSTALLED
+            continue
+        try:
+            step = build(path)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            first[path] = time.perf_counter() - start
+            for _ in range(warmup - 1):
+                step()
+        except Exception as e:  # torch.compile and transformers raise many types
+            if path == "stock" or path not in PEERS:
+                raise
+            errors[path] = one_line(e)
+            continue
+        steps[path] = step
+    sync(device)
+    return steps, first, errors
 
 
 def train_rates(
@@ -108,17 +227,12 @@ def train_rates(
     *,
     rounds: int,
     steps_per_round: int,
-    warmup: int,
 ) -> dict[str, float]:
-    """Median training images/s of each path over `rounds` interleaved rounds.
+    """Median training images/s of each (warmed-up) path over `rounds` interleaved rounds.
 
     Interleaving puts every path under the same background load; the median drops a round
     that a neighbour's burst of work slowed down.
     """
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync(device)
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -128,6 +242,55 @@ def train_rates(
             sync(device)
             rates[name].append(steps_per_round * batch / (time.perf_counter() - start))
     return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def model_row(
+    arch: str,
+    image_size: int,
+    batch: int,
+    device: torch.device,
+    peak: dict[str, float],
+    *,
+    rates: dict[str, float],
+    first: dict[str, float],
+    errors: dict[str, str],
+    compiled_fast: bool,
+) -> dict:
+    """One model's rates, ratios and utilisations (ratios from the unrounded rates; the aim is
+    judged on the quoted figures)."""
+    model = stock_model(arch, image_size, torch.device("cpu"))
+    flops = train_flops(model, image_size)
+    bf16 = device.type == "cuda" or rates["fast_bf16"] > rates["fast_fp32"]
+    fast_name = "fast_bf16" if bf16 else "fast_fp32"
+    fast = rates[fast_name]
+    peers = {name: rates[name] for name in PEERS if name in rates}
+    best = max(peers, key=peers.__getitem__)
+    util = {name: rate * flops / peak[PRECISION[name]] for name, rate in rates.items()}
+    util_aim = UTIL_AIM.get(family(arch))
+    over_best = round(fast / peers[best], 2)
+    fast_util_top = significant(fast * flops / max(peak.values()))
+    hf = None if transformers_version() is None else parameter_count(hf_mirror(model, image_size))
+    compiled = "+compile" if compiled_fast else ""
+    return {
+        "model": arch,
+        "image_size": image_size,
+        "batch": batch,
+        "train_gflop_per_image": round(flops / 1e9, 3),
+        "parameters": {"vitlab": parameter_count(model), "hf": hf},
+        "img_s": {name: round(rates[name], 1) if name in rates else None for name in PATHS},
+        "errors": errors,
+        "compile_s": round(first["compiled_stock"], 1) if "compiled_stock" in first else None,
+        "fast_path": f"fused+fastdrop+{PRECISION[fast_name]}{compiled}",
+        "fast_img_s": round(fast, 1),
+        "fast_over": {name: round(fast / rate, 2) for name, rate in peers.items()},
+        "best_peer": best,
+        "fast_over_best_peer": over_best,
+        "util": {name: significant(u) for name, u in util.items()},
+        "fast_util": significant(util[fast_name]),
+        "fast_util_top_peak": fast_util_top,
+        "aim": {"fast_over_best_peer": SPEEDUP_AIM, "fast_util_top_peak": util_aim},
+        "meets_aim": over_best >= SPEEDUP_AIM and (util_aim is None or fast_util_top >= util_aim),
+    }
 
 
 def data_rate(image_size: int, batch: int, device: torch.device, n: int = 4096) -> float:
@@ -153,6 +316,86 @@ def data_rate(image_size: int, batch: int, device: torch.device, n: int = 4096) 
         return seen / (time.perf_counter() - start)
 
 
+def cell(row: dict, path: str) -> str:
+    """A rate, or why the path has none."""
+    rate = row["img_s"][path]
+    if rate is not None:
+        return str(rate)
+    return NOT_INSTALLED if row["errors"][path] == NOT_INSTALLED else "failed (below)"
+
+
+def percent(share: float) -> str:
+    return f"{100 * share:.3g}%"
+
+
+def markdown(result: dict, device: torch.device) -> str:
+    """The tables of throughput.md: rates, ratios to the fast path, utilisation of the peak."""
+    peaks, rows = result["matmul_peak_tflops"], result["models"]
+    lines = [
+        f"# Training throughput on {result['device']} ({device.type}, "
+        f"{result['threads']} threads, torch {result['torch']}, "
+        f"transformers {result['transformers'] or NOT_INSTALLED})",
+        "",
+        f"Matmul peak measured in this run: fp32 {peaks['fp32']} TFLOP/s, bf16 {peaks['bf16']} "
+        f"TFLOP/s. Data path alone: {result['data_path_img_s']} img/s "
+        f"({result['data_vs_fastest_training']}x the fastest training). Every path trains the "
+        f"same architecture, batch and AdamW (lr {LR}, weight decay {WEIGHT_DECAY}); medians of "
+        "interleaved rounds.",
+        "",
+        "## Training images/s",
+        "",
+        "| model | px | batch | GFLOP/img (train) | stock | HF fp32 | HF bf16 | compiled stock "
+        "| compile s | vitlab fast | fast path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        compile_s = "-" if r["compile_s"] is None else r["compile_s"]
+        lines.append(
+            f"| {r['model']} | {r['image_size']} | {r['batch']} | {r['train_gflop_per_image']} | "
+            + " | ".join(cell(r, p) for p in PEERS)
+            + f" | {compile_s} | {r['fast_img_s']} | {r['fast_path']} |"
+        )
+    lines += [
+        "",
+        f"## vitlab fast over each peer (aim: {SPEEDUP_AIM}x the best peer)",
+        "",
+        "| model | / stock | / HF fp32 | / HF bf16 | / compiled stock | best peer "
+        "| / best peer | aim met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        over = [f"{r['fast_over'][p]}x" if p in r["fast_over"] else "-" for p in PEERS]
+        lines.append(
+            f"| {r['model']} | " + " | ".join(over) + f" | {LABELS[r['best_peer']]} | "
+            f"{r['fast_over_best_peer']}x | {'yes' if r['meets_aim'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Utilisation of the measured peak",
+        "",
+        "fp32 paths of the fp32 peak, bf16 paths of the bf16 peak; the aim is a share of the top "
+        f"peak, the higher of the two ({max(peaks.values())} TFLOP/s here).",
+        "",
+        "| model | stock | HF fp32 | HF bf16 | compiled stock | vitlab fast "
+        "| vitlab fast of top peak | aim |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        util = [percent(r["util"][p]) if p in r["util"] else "-" for p in PEERS]
+        aim = r["aim"]["fast_util_top_peak"]
+        lines.append(
+            f"| {r['model']} | " + " | ".join(util) + f" | {percent(r['fast_util'])} | "
+            f"{percent(r['fast_util_top_peak'])} | {'-' if aim is None else f'{aim:.0%}'} |"
+        )
+    failed = [
+        (r["model"], p, e) for r in rows for p, e in r["errors"].items() if e != NOT_INSTALLED
+    ]
+    if failed:
+        lines += ["", "## Peers that did not run", ""]
+        lines += [f"- {model}, {LABELS.get(p, p)}: {error}" for model, p, error in failed]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,59 +406,44 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=5, help="steps per path per round")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median counts")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="steps per path before timing (>= 1)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)"
+    )
     p.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = p.parse_args()
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (the first step holds the compile)")
+    if args.threads:  # on a shared machine, fewer threads than cores keeps rates meaningful
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
     models = args.models.split(",") if args.models else preset["models"]
     size, batch = args.image_size or preset["image_size"], args.batch or preset["batch"]
 
-    n = 8192 if device.type == "cuda" else 1024
-    peak = {
-        "fp32": matmul_peak(device, torch.float32, n),
-        "bf16": matmul_peak(device, torch.bfloat16, n),
-    }
+    peak = matmul_peaks(device, 8192 if device.type == "cuda" else 1024)
     rows = []
     for arch in models:
-        build = {"image_size": size, "batch": batch, "device": device}
-        rate = train_rates(
-            {
-                "stock": train_step(arch, **build, fast=False, amp=None, compile_model=False),
-                "fast_fp32": train_step(
-                    arch, **build, fast=True, amp=None, compile_model=args.compile
-                ),
-                "fast_bf16": train_step(
-                    arch, **build, fast=True, amp=torch.bfloat16, compile_model=args.compile
-                ),
-            },
-            batch,
-            device,
-            rounds=args.rounds,
-            steps_per_round=args.steps,
-            warmup=args.warmup,
-        )
-        stock, fast_fp32, fast_bf16 = rate["stock"], rate["fast_fp32"], rate["fast_bf16"]
-        bf16 = device.type == "cuda" or fast_bf16 > fast_fp32
-        fast = fast_bf16 if bf16 else fast_fp32
-        flops = train_flops(build_model(arch, num_classes=37, image_size=size), size)
+
+        def build(path: str, arch: str = arch) -> Callable[[], None]:
+            return train_step(path, arch, size, batch, device, compile_fast=args.compile)
+
+        steps, first, errors = warm_paths(build, device, args.warmup)
+        rates = train_rates(steps, batch, device, rounds=args.rounds, steps_per_round=args.steps)
         rows.append(
-            {
-                "model": arch,
-                "image_size": size,
-                "batch": batch,
-                "train_gflop_per_image": round(flops / 1e9, 3),
-                "stock_img_s": round(stock, 1),
-                "fast_fp32_img_s": round(fast_fp32, 1),
-                "fast_bf16_img_s": round(fast_bf16, 1),
-                "fast_path": "fused+fastdrop+bf16" if bf16 else "fused+fastdrop+fp32",
-                "fast_img_s": round(fast, 1),
-                "speedup": round(fast / stock, 2),
-                "stock_util_fp32_peak": round(stock * flops / peak["fp32"], 3),
-                "fast_util_peak": round(fast * flops / peak["bf16" if bf16 else "fp32"], 3),
-            }
+            model_row(
+                arch,
+                size,
+                batch,
+                device,
+                peak,
+                rates=rates,
+                first=first,
+                errors=errors,
+                compiled_fast=args.compile,
+            )
         )
         print(json.dumps(rows[-1]), flush=True)
     data = data_rate(size, batch, device)
@@ -225,34 +453,16 @@ def main() -> None:
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "transformers": transformers_version(),
         "matmul_peak_tflops": {k: round(v / 1e12, 3) for k, v in peak.items()},
         "data_path_img_s": round(data, 1),
         "data_vs_fastest_training": round(data / max(r["fast_img_s"] for r in rows), 2),
         "models": rows,
     }
-    out = args.out
-    write_json(out / "throughput.json", result)
-    peaks = result["matmul_peak_tflops"]
-    lines = [
-        f"# Training throughput on {result['device']} ({device.type}, "
-        f"{result['threads']} threads, torch {result['torch']})",
-        "",
-        f"Matmul peak measured in this run: fp32 {peaks['fp32']} TFLOP/s, bf16 {peaks['bf16']} "
-        f"TFLOP/s. Data path alone: {result['data_path_img_s']} img/s "
-        f"({result['data_vs_fastest_training']}x the fastest training).",
-        "",
-        "| model | px | batch | GFLOP/img (train) | stock img/s | fast img/s | fast path "
-        "| speedup | stock util (fp32 peak) | fast util |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['image_size']} | {r['batch']} | {r['train_gflop_per_image']} | "
-            f"{r['stock_img_s']} | {r['fast_img_s']} | {r['fast_path']} | {r['speedup']}x | "
-            f"{r['stock_util_fp32_peak']:.1%} | {r['fast_util_peak']:.1%} |"
-        )
-    write_text(out / "throughput.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json(args.out / "throughput.json", result)
+    table = markdown(result, device)
+    write_text(args.out / "throughput.md", table)
+    print(table)
 
 
 if __name__ == "__main__":

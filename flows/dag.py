@@ -1,58 +1,54 @@
 """Flow `experiment-dag`: the DVC pipeline as Prefect tasks, one task per DVC stage.
 
 Why this shape: users trigger and watch the study through Prefect (per-stage state and logs,
-retries, artifacts) while DVC stays the only judge of what is up to date. The stage graph comes
-from DVC itself (`Repo.index.graph`, the graph `dvc repro` walks: foreach/matrix expanded,
-every dvc.yaml and .dvc file included, edges from output->dependency paths), never from a
-second list here. Each task runs `dvc --wait-for-lock repro --single-item <stage>`: DVC checks
-that one stage and runs or skips it, and the lock flag lets stages of different models run side
-by side (DVC frees its repo lock while a stage's command runs). With overrides the run is a DVC
-experiment: the `-S` values are applied with DVC's own override code, the stages run as tasks,
-and `dvc exp save` records the result so it shows in `dvc exp show`.
+retries, artifacts) while DVC stays the only judge of what is up to date. The stage graph is
+DVC's own (`Repo.index.graph`, the graph `dvc repro` walks), never a second list here. Every
+stage is submitted at once, upstream stages first, with `wait_for` on the stages it depends
+on, and the task runner decides what runs when: Prefect's thread pool on one machine, or a Dask
+cluster (`dask_address`), where a stage that declares `runtime.device` asks for
+`GPU=runtime.nproc_per_node` worker resources. Each task runs
+`dvc --wait-for-lock repro --single-item <stage>` in a process group of its own, its output in
+a per-stage log file, and stops that group when the flow run is cancelled. With overrides the
+run is a DVC experiment: the `-S` values are applied with DVC's own code and `dvc exp save`
+records the result.
 """
 
+from __future__ import annotations
+
+import contextlib
+import fcntl
 import fnmatch
-import math
 import os
-import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture, wait
+from prefect.states import Cancelled, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.proc import dvc_command, log_path, log_tail, run_logged, stop_reason
 from flows.report import publish_artifacts
-from vitlab.errors import VitlabError
+from vitlab.core import contract
+from vitlab.core.errors import VitlabError
 
-METRICS_CSV = "reports/metrics.csv"
-FIGURE_DIRS = ("reports/figures", "reports/captions")  # contract: figures, captioner outputs
-PARAMS_FILE = "params.yaml"
-MODELS_KEY = "models"
 TRANSIENT_STAGES = ("fetch*",)  # downloads: worth a retry
-STDERR_TAIL_LINES = 15
-PROGRESS_EVERY_S = 5.0  # carriage-return progress lines are logged at most this often
-
-_RAN = re.compile(r"^Running stage '(?P<stage>.+)':")
-_SKIPPED = re.compile(r"^(?:Stage )?'(?P<stage>.+)' didn't change, skipping")
-_RESTORED = re.compile(r"^Stage '(?P<stage>.+)' is cached - skipping run")
-_EXITED = re.compile(r"exited with (-?\d+)")
-_SAVED = re.compile(r"^Experiment has been saved as: (\S+)")
-_EOL = re.compile(rb"\r\n|\n|\r")
+DEVICE_PARAM = "runtime.device"  # a stage that declares it runs on the accelerator
+LOCK = Path(".dvc/tmp/vitlab-flow.lock")  # in DVC's scratch folder: git-ignored
 
 
 class StageFailed(Exception):
-    """A DVC stage exited non-zero; the message names it and quotes its stderr tail."""
+    """A DVC stage exited non-zero; the message names it and quotes its log's tail."""
 
 
 class DagFailed(Exception):
@@ -69,76 +65,68 @@ class StageNode:
     name: str  # DVC's address: `train@B_16`, `sub/dvc.yaml:stage`, `data.dvc`
     upstream: tuple[str, ...]  # stages whose outputs this one depends on
     outs: tuple[str, ...]  # its outputs, relative to the repository root
+    scratch: tuple[str, ...]  # the outs DVC deletes before running it (all but `persist`)
     git_paths: tuple[str, ...]  # what git versions: `cache: false` outputs, plain-file deps
     model: str | None  # the `models` key a foreach generated it for; None for shared stages
+    device: bool  # declares `runtime.device`: it runs on the accelerator
     is_import: bool = False
 
 
-def read_params(root: str | os.PathLike[str], params_file: str = PARAMS_FILE) -> dict[str, Any]:
-    """params.yaml as a dict ({} when absent): the flow only reads model keys and nproc."""
-    path = Path(root) / params_file
-    if not path.is_file():
-        return {}
+def read_params(root: Path) -> dict[str, Any]:
+    """The parameters DVC sees (`dvc.api.params_show`): the model keys and nproc_per_node."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise VitlabError(f"{path}: not valid YAML ({e}); fix the file and rerun") from e
-    return data if isinstance(data, dict) else {}
-
-
-def read_model_keys(root: str | os.PathLike[str], params_file: str = PARAMS_FILE) -> list[str]:
-    """Keys of the `models` mapping in params.yaml: the foreach keys that split stages by model."""
-    models = read_params(root, params_file).get(MODELS_KEY)
-    return [str(k) for k in models] if isinstance(models, dict) else []
-
-
-def procs_per_stage(root: str | os.PathLike[str]) -> int:
-    """`runtime.nproc_per_node`: how many devices one training stage takes (torchrun/DDP)."""
-    runtime = read_params(root).get("runtime")
-    n = runtime.get("nproc_per_node", 1) if isinstance(runtime, dict) else 1
-    return n if isinstance(n, int) and n > 0 else 1
+        return dvc.api.params_show(repo=str(root))
+    except DvcException as e:
+        raise VitlabError(f"root: DVC cannot read the parameters of {root}: {e}") from e
 
 
 def model_of(stage: str, model_keys: Iterable[str]) -> str | None:
     """The model a stage belongs to: `train@B_16` -> `B_16` when B_16 is a models key."""
     local = stage.rsplit(":", 1)[-1]
-    if "@" not in local:
-        return None
-    key = local.split("@", 1)[1]
+    key = local.split("@", 1)[1] if "@" in local else None
     return key if key in set(model_keys) else None
 
 
-def read_stage_graph(
-    root: str | os.PathLike[str], model_keys: Iterable[str] = ()
-) -> list[StageNode]:
-    """DVC's stage graph, upstream stages first (ties broken by name, so the order is stable)."""
+def read_stage_graph(root: Path, model_keys: Iterable[str] = ()) -> list[StageNode]:
+    """DVC's stage graph in topological generations (every stage after those it depends on;
+    each generation by name), so that a thread pool starts independent stages together."""
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    root_path = Path(root).resolve()
+    root = root.resolve()
     keys = list(model_keys)
     try:
-        with Repo(str(root_path)) as repo:
+        with Repo(str(root)) as repo:
             graph = repo.index.graph  # edge: stage -> a stage it depends on
-            produced = {_relpath(o.fs_path, root_path) for s in graph for o in s.outs}
-            name = {s: _address(s, root_path) for s in graph}
-            order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=name.get)
-            nodes = []
-            for stage in order:
-                nodes.append(
-                    StageNode(
-                        name=name[stage],
-                        upstream=tuple(sorted(name[u] for u in graph.successors(stage))),
-                        outs=tuple(_relpath(o.fs_path, root_path) for o in stage.outs),
-                        git_paths=_git_paths(stage, root_path, produced),
-                        model=model_of(name[stage], keys),
-                        is_import=bool(stage.is_import),
-                    )
+            produced = {_relpath(o.fs_path, root) for s in graph for o in s.outs}
+            name = {s: _address(s, root) for s in graph}
+            generations = nx.topological_generations(graph.reverse(copy=True))
+            return [
+                StageNode(
+                    name=name[stage],
+                    upstream=tuple(sorted(name[u] for u in graph.successors(stage))),
+                    outs=tuple(_relpath(o.fs_path, root) for o in stage.outs),
+                    scratch=tuple(_relpath(o.fs_path, root) for o in stage.outs if not o.persist),
+                    git_paths=_git_paths(stage, root, produced),
+                    model=model_of(name[stage], keys),
+                    device=_declares_device(stage),
+                    is_import=bool(stage.is_import),
                 )
+                for generation in generations
+                for stage in sorted(generation, key=name.get)
+            ]
     except DvcException as e:
-        raise VitlabError(f"root: DVC cannot read the pipeline in {root_path}: {e}") from e
-    return nodes
+        raise VitlabError(f"root: DVC cannot read the pipeline in {root}: {e}") from e
+
+
+def _declares_device(stage: Any) -> bool:
+    """Whether the stage lists `runtime.device` (or all of `runtime`) among its DVC params."""
+    params = [p for d in stage.deps for p in getattr(d, "params", None) or ()]
+    return any(p == DEVICE_PARAM or DEVICE_PARAM.startswith(f"{p}.") for p in params)
 
 
 def _address(stage: Any, root: Path) -> str:
@@ -183,9 +171,7 @@ class Plan:
     not_run: dict[str, str] = field(default_factory=dict)
 
 
-def plan_stages(
-    nodes: Sequence[StageNode], models: Sequence[str] | None, root: str | os.PathLike[str]
-) -> Plan:
+def plan_stages(nodes: Sequence[StageNode], models: Sequence[str] | None, root: Path) -> Plan:
     """Keep the shared stages and those of the chosen models.
 
     A kept stage that depends on a left-out stage runs only if that stage's outputs exist (so
@@ -193,7 +179,7 @@ def plan_stages(
     out too, with the reason recorded, instead of failing on a missing dependency.
     """
     chosen = None if models is None else set(models)
-    root_path = Path(root)
+    outs = {n.name: n.outs for n in nodes}
     plan = Plan(run=[])
     for node in nodes:
         if chosen is not None and node.model is not None and node.model not in chosen:
@@ -202,7 +188,7 @@ def plan_stages(
         missing = [
             u
             for u in node.upstream
-            if u in plan.not_run and not all((root_path / o).exists() for o in _outs_of(nodes, u))
+            if u in plan.not_run and not all((root / o).exists() for o in outs[u])
         ]
         if missing:
             plan.not_run[node.name] = (
@@ -214,218 +200,160 @@ def plan_stages(
     return plan
 
 
-def _outs_of(nodes: Sequence[StageNode], name: str) -> tuple[str, ...]:
-    return next((n.outs for n in nodes if n.name == name), ())
+# --------------------------------------------------------------------------- one writer
 
 
-# --------------------------------------------------------------------------- hardware
+@contextlib.contextmanager
+def workspace_lock(root: Path, holder: str) -> Iterator[None]:
+    """Hold vitlab's own lock on the checkout for a whole run (one writer per workspace).
 
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = [x.strip() for x in env.split(",") if x.strip()]
-        return [] if ids in ([], ["-1"]) else ids
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, _ in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
-
-
-def default_parallelism(
-    gpus: Sequence[str] | None = None, cpus: int | None = None, procs: int = 1
-) -> int:
-    """Stages at once: one per `procs` GPUs (a DDP stage takes `procs`); on CPU, one per 4*procs
-    cores (a training stage uses every core it is given)."""
-    gpus = visible_gpus() if gpus is None else gpus
-    if gpus:
-        return max(1, len(gpus) // procs)
-    return max(1, (cpus or os.cpu_count() or 1) // (4 * procs))
-
-
-def slot_env(slot: int, max_parallel: int, gpus: Sequence[str], cpus: int) -> dict[str, str]:
-    """Environment that keeps concurrent stages off each other's GPUs and cores.
-
-    With several slots and at least one GPU per slot, slot i gets GPUs i, i+n, ...; CPU
-    threads are split between slots unless the user set OMP_NUM_THREADS. One slot: unchanged.
+    A second run on the same checkout refuses at once, naming the holder, instead of racing the
+    first over params.yaml and dvc.lock. The kernel drops the lock when its process dies.
     """
-    env: dict[str, str] = {}
-    if max_parallel <= 1:
-        return env
-    if len(gpus) >= max_parallel:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[slot::max_parallel])
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, cpus // max_parallel))
-    return env
+    path = root / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise VitlabError(
+                f"root: {root} is busy with another flow run ({f.read().strip() or 'unknown'}); "
+                "wait for it to end or cancel it"
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}, {holder}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# --------------------------------------------------------------------------- subprocesses
+# --------------------------------------------------------------------------- the stage task
 
 
-def dvc_command(*args: str) -> list[str]:
-    """`dvc ...` through this interpreter, so the flow needs no activated virtualenv."""
-    return [sys.executable, "-m", "dvc", *args]
+def is_stale(root: Path, stage: str) -> bool:
+    """Whether DVC will bring `stage` up to date: its own status of that one stage."""
+    from dvc.repo import Repo
+
+    with Repo(str(root), _wait_for_lock=True) as repo, repo.lock:  # as `dvc --wait-for-lock`
+        found = next(s for s in repo.index.stages if _address(s, root) == stage)
+        return bool(found.status(check_updates=False))
 
 
-def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for DVC and stage commands: unbuffered, no analytics, this venv first."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    bindir = str(Path(sys.executable).parent)
-    if env.get("PATH", "").split(os.pathsep)[0] != bindir:
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env.update(extra or {})
-    return env
-
-
-@dataclass
-class CommandResult:
-    """What a streamed command left behind."""
-
-    returncode: int
-    stdout: list[str]
-    stderr_tail: list[str]
-
-
-def stream_command(
-    cmd: Sequence[str],
-    cwd: str | os.PathLike[str],
-    env: dict[str, str] | None,
-    on_line: Callable[[str, str], None],
-    tail_lines: int = STDERR_TAIL_LINES,
-) -> CommandResult:
-    """Run `cmd`, handing each stdout/stderr line to `on_line(stream, line)` as it arrives.
-
-    Two reader threads drain the pipes (so neither can fill up and block the child); lines are
-    handed over in the calling thread, where Prefect's run logger has its context. Progress bars
-    that redraw with carriage returns are passed on at most every PROGRESS_EVERY_S seconds.
-    """
-    proc = subprocess.Popen(
-        list(cmd),
-        cwd=str(cwd),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    lines: queue.Queue[tuple[str, str | None, bool]] = queue.Queue()
-    readers = [
-        threading.Thread(target=_read_lines, args=(proc.stdout, "stdout", lines), daemon=True),
-        threading.Thread(target=_read_lines, args=(proc.stderr, "stderr", lines), daemon=True),
-    ]
-    for r in readers:
-        r.start()
-    stdout: list[str] = []
-    tail: deque[str] = deque(maxlen=tail_lines)
-    last_progress = {"stdout": -math.inf, "stderr": -math.inf}
-    open_streams = 2
-    try:
-        while open_streams:
-            stream, line, transient = lines.get()
-            if line is None:
-                open_streams -= 1
-                continue
-            if not line.strip():
-                continue
-            if transient:
-                now = time.monotonic()
-                if now - last_progress[stream] < PROGRESS_EVERY_S:
-                    continue
-                last_progress[stream] = now
-            if stream == "stdout":
-                stdout.append(line)
-            else:
-                tail.append(line)
-            on_line(stream, line)
-    finally:
-        if proc.poll() is None and open_streams:
-            proc.kill()
-        returncode = proc.wait()
-        for r in readers:
-            r.join(timeout=5)
-    return CommandResult(returncode=returncode, stdout=stdout, stderr_tail=list(tail))
-
-
-def _read_lines(stream: Any, name: str, out: queue.Queue) -> None:
-    buf = b""
-    try:
-        for chunk in iter(lambda: stream.read1(65536), b""):
-            buf += chunk
-            while (m := _EOL.search(buf)) is not None:
-                if m.group() == b"\r" and m.end() == len(buf):
-                    break  # maybe the first half of "\r\n": wait for more
-                out.put((name, buf[: m.start()].decode(errors="replace"), m.group() == b"\r"))
-                buf = buf[m.end() :]
-        if buf:
-            out.put((name, buf.rstrip(b"\r").decode(errors="replace"), False))
-    finally:
-        out.put((name, None, False))
-
-
-def log_line(logger: Any, line: str) -> None:
-    """Forward one output line at the level DVC gave it."""
-    text = line.rstrip()
-    if text.startswith("ERROR"):
-        logger.error(text)
-    elif text.startswith("WARNING"):
-        logger.warning(text)
-    else:
-        logger.info(text)
-
-
-def stage_status(line: str) -> str | None:
-    """What DVC did with a stage, from its own report line; None for any other line."""
-    if _RAN.match(line):
-        return "ran"
-    if _SKIPPED.match(line):
-        return "skipped"
-    if _RESTORED.match(line):
-        return "restored"
-    return None
-
-
-def failure_message(stage: str, returncode: int, tail: Sequence[str]) -> str:
-    """`stage 'x' failed (exit n)` plus the stage's last stderr lines.
-
-    DVC itself exits 255 whatever the command did; the command's own status is in DVC's
-    `exited with N` line, so that is the one reported when present.
-    """
-    codes = [m.group(1) for line in tail if (m := _EXITED.search(line))]
-    head = f"stage '{stage}' failed (exit {codes[-1] if codes else returncode})"
-    return head + (":\n" + "\n".join(tail) if tail else "")
-
-
-# --------------------------------------------------------------------------- tasks
+def worker_name() -> str:
+    """Where a stage ran: the Dask worker's name, or this host under the thread pool."""
+    dist = sys.modules.get("distributed")  # imported in every Dask worker
+    if dist is not None:
+        with contextlib.suppress(ValueError):
+            return str(dist.get_worker().name)
+    return socket.gethostname()
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, persist_result=False)
-def run_stage(root: str, stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one DVC stage via `dvc repro --single-item`; DVC decides whether it is up to date."""
-    logger = get_run_logger()
-    status = "checked"
+def run_stage(root: str, node: StageNode) -> dict[str, Any] | State:
+    """Run one DVC stage via `dvc repro --single-item`; DVC decides whether it is up to date.
 
-    def on_line(_stream: str, line: str) -> None:
-        nonlocal status
-        status = stage_status(line) or status
-        log_line(logger, line)
-
+    Nothing starts once a stage of this run failed or the run is cancelled. A cancelled run
+    stops the stage's process group and deletes what the stage had begun to write.
+    """
+    if (why := stop_reason(failures=True)) is not None:
+        return Cancelled(name="NotRun", message=f"not started: {why}")
+    repo = Path(root)
+    stale = is_stale(repo, node.name)
     started = time.monotonic()
-    cmd = dvc_command("--wait-for-lock", "repro", "--single-item", stage)
-    result = stream_command(cmd, cwd=root, env=command_env(env), on_line=on_line)
+    log = log_path(repo, node.name)
+    cmd = dvc_command("--wait-for-lock", "repro", "--single-item", node.name)
+    code, stopped = run_logged(cmd, repo, log, stop_reason)
     seconds = round(time.monotonic() - started, 2)
-    if result.returncode != 0:
-        raise StageFailed(failure_message(stage, result.returncode, result.stderr_tail))
-    logger.info("stage %s: %s (%.1f s)", stage, status, seconds)
-    return {"stage": stage, "status": status, "seconds": seconds}
+    if stopped is not None:
+        for rel in node.scratch if stale else ():
+            path = repo / rel
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        message = f"stopped stage '{node.name}' after {seconds:.0f} s: {stopped}"
+        get_run_logger().warning("%s; its processes are gone, its partial outputs removed", message)
+        return Cancelled(name="Stopped", message=message)
+    if code != 0:
+        raise StageFailed(f"stage '{node.name}' failed (log: {log}):\n{log_tail(log)}")
+    out = {"stage": node.name, "status": "ran" if stale else "skipped", "seconds": seconds}
+    out["worker"] = worker_name()
+    get_run_logger().info("stage %s: %s (%.1f s on %s)", *out.values())
+    return out
 
 
-def apply_param_overrides(root: str | os.PathLike[str], overrides: list[str]) -> dict:
+def run_stages(
+    runner: TaskRunner,
+    root: str,
+    nodes: list[StageNode],
+    devices_per_stage: int,
+    retries: int,
+    retry_delay_seconds: float,
+    retry_stages: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Submit every stage to `runner`, upstream first, with `wait_for` its upstream stages;
+    the runner decides what runs when. Returns each stage's outcome.
+
+    Why a task runner of our own rather than the flow's: it is chosen per run (`dask_address`),
+    and the tasks stay in this flow run, so `prefect deployment run --watch`, which follows one
+    flow run's logs, shows every stage's output (a subflow's tasks would log elsewhere).
+    """
+    futures: dict[str, PrefectFuture] = {}
+    with runner:
+        for node in nodes:
+            transient = node.is_import or any(fnmatch.fnmatch(node.name, p) for p in retry_stages)
+            stage = run_stage.with_options(
+                task_run_name=node.name,
+                retries=retries if transient else 0,
+                retry_delay_seconds=retry_delay_seconds,
+            )
+            upstream = [futures[u] for u in node.upstream if u in futures]
+            with _resources(node, devices_per_stage):
+                futures[node.name] = runner.submit(
+                    stage, {"root": root, "node": node}, wait_for=upstream
+                )
+        wait(list(futures.values()))
+        return {name: outcome(name, fut) for name, fut in futures.items()}
+
+
+def _resources(node: StageNode, devices: int) -> contextlib.AbstractContextManager:
+    """A device stage asks Dask for `GPU=devices` of a worker's resources (the thread pool
+    ignores the annotation)."""
+    if not node.device:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources={"GPU": devices})
+
+
+def outcome(stage: str, future: PrefectFuture) -> dict[str, Any]:
+    """A stage's row of the run: its task's result, or its state in words."""
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    row = {"stage": stage, "status": "not run", "seconds": None, "worker": None}
+    if state.name == "Stopped":
+        row["status"] = "stopped"
+    elif state.is_failed() or state.is_crashed():
+        return {**row, "status": "failed", "message": str(future.result(raise_on_failure=False))}
+    return {**row, "message": state.message}
+
+
+def task_runner(max_parallel: int, dask_address: str | None) -> TaskRunner:
+    """Prefect's thread pool (`max_parallel` stages at once), or the Dask cluster at
+    `dask_address`, whose workers' threads and GPU resources decide instead."""
+    if dask_address is None:
+        return ThreadPoolTaskRunner(max_workers=max_parallel)
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=dask_address)
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def apply_param_overrides(root: Path, overrides: list[str]) -> dict:
     """Apply `-S` overrides to the params files with DVC's own code, as `dvc exp run -S` does."""
     from dvc.exceptions import DvcException
     from dvc.utils.cli_parse import to_path_overrides
@@ -433,7 +361,7 @@ def apply_param_overrides(root: str | os.PathLike[str], overrides: list[str]) ->
 
     by_file = to_path_overrides(overrides)
     for path, items in by_file.items():
-        target = Path(root) / path
+        target = root / path
         if not target.is_file():
             raise VitlabError(f"overrides: {path} does not exist in {root}; check {items}")
         try:
@@ -450,33 +378,24 @@ def apply_param_overrides(root: str | os.PathLike[str], overrides: list[str]) ->
 @task(name="set-params", cache_policy=NO_CACHE, persist_result=False)
 def set_params(root: str, overrides: list[str]) -> dict[str, list[str]]:
     """Write the overrides into the params files before any stage runs."""
-    by_file = apply_param_overrides(root, overrides)
+    by_file = apply_param_overrides(Path(root), overrides)
     for path, items in by_file.items():
         get_run_logger().info("%s: %s", path, " ".join(items))
     return by_file
 
 
 @task(name="save-experiment", cache_policy=NO_CACHE, persist_result=False)
-def save_experiment(root: str, name: str | None, include: list[str]) -> str:
-    """Record the workspace as a DVC experiment (`dvc exp save`); returns its name."""
-    logger = get_run_logger()
-    args = ["exp", "save"]
-    if name:
-        args += ["--name", name]
+def save_experiment(root: str, name: str, include: list[str]) -> str:
+    """Record the workspace as DVC experiment `name` (`dvc exp save`)."""
+    args = ["exp", "save", "--name", name]
     for path in include:
         args += ["--include-untracked", path]
-    result = stream_command(
-        dvc_command(*args), root, command_env(), lambda _s, line: log_line(logger, line)
-    )
-    if result.returncode != 0:
-        raise StageFailed(failure_message("dvc exp save", result.returncode, result.stderr_tail))
-    said = [m.group(1) for x in result.stdout if (m := _SAVED.match(x.strip()))]
-    saved = said[-1] if said else (name or "")
-    logger.info("experiment saved as %s; compare with `dvc exp show`", saved)
-    return saved
-
-
-# --------------------------------------------------------------------------- checks
+    log = log_path(Path(root), "exp-save")
+    code, _ = run_logged(dvc_command(*args), Path(root), log, lambda: None)
+    if code != 0:
+        raise StageFailed(f"dvc exp save failed (log: {log}):\n{log_tail(log)}")
+    get_run_logger().info("experiment saved as %s; compare with `dvc exp show`", name)
+    return name
 
 
 def check_root(root: str) -> Path:
@@ -554,82 +473,6 @@ def paths_to_include(root: Path, nodes: Iterable[StageNode]) -> list[str]:
     return [p for p in paths if p not in set(ignored)]
 
 
-# --------------------------------------------------------------------------- scheduling
-
-
-@dataclass
-class RunOutcome:
-    """Per-stage results of one pass over the plan."""
-
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    not_started: list[str] = field(default_factory=list)
-
-
-def run_plan(
-    root: Path,
-    plan: Plan,
-    max_parallel: int,
-    retries: int,
-    retry_delay_seconds: float,
-    retry_stages: Sequence[str],
-) -> RunOutcome:
-    """Submit each stage once its upstream stages completed, at most `max_parallel` at a time.
-
-    After a failure nothing new starts; stages already running finish (like `dvc repro`, which
-    stops at the first failure).
-    """
-    logger = get_run_logger()
-    planned = {n.name for n in plan.run}
-    gpus = visible_gpus() if max_parallel > 1 else []
-    cpus = os.cpu_count() or 1
-    pending = list(plan.run)
-    futures: dict[str, PrefectFuture] = {}
-    inflight: dict[PrefectFuture, tuple[StageNode, int]] = {}
-    free_slots = list(range(max_parallel))
-    outcome = RunOutcome()
-    while pending or inflight:
-        if not outcome.failures:
-            for node in list(pending):
-                if not free_slots:
-                    break
-                if any(u in planned and u not in outcome.results for u in node.upstream):
-                    continue
-                slot = free_slots.pop(0)
-                transient = node.is_import or any(
-                    fnmatch.fnmatch(node.name, p) for p in retry_stages
-                )
-                runner = run_stage.with_options(
-                    task_run_name=node.name,
-                    retries=retries if transient else 0,
-                    retry_delay_seconds=retry_delay_seconds,
-                )
-                fut = runner.submit(
-                    root=str(root),
-                    stage=node.name,
-                    env=slot_env(slot, max_parallel, gpus, cpus),
-                    wait_for=[futures[u] for u in node.upstream if u in futures],
-                )
-                futures[node.name] = fut
-                inflight[fut] = (node, slot)
-                pending.remove(node)
-        if not inflight:
-            break
-        done = next(as_completed(list(inflight)))
-        node, slot = inflight.pop(done)
-        free_slots.append(slot)
-        free_slots.sort()
-        value = done.result(raise_on_failure=False)
-        if done.state.is_completed() and isinstance(value, dict):
-            outcome.results[node.name] = value
-        else:
-            message = str(value) if isinstance(value, BaseException) else done.state.message
-            outcome.failures[node.name] = message or f"stage '{node.name}' failed"
-            logger.error("%s", outcome.failures[node.name])
-    outcome.not_started = [n.name for n in pending]
-    return outcome
-
-
 # --------------------------------------------------------------------------- the flow
 
 
@@ -639,31 +482,27 @@ def experiment_dag(
     models: list[str] | None = None,
     overrides: list[str] | None = None,
     experiment_name: str | None = None,
-    max_parallel: int | None = None,
+    max_parallel: int = 1,
+    dask_address: str | None = None,
     retries: int = 2,
     retry_delay_seconds: float = 10.0,
     retry_stages: list[str] | None = None,
-    metrics_csv: str = METRICS_CSV,
-    figure_dirs: list[str] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Run the DVC pipeline at `root`, one Prefect task per stage, DVC deciding what is stale.
 
     models: a subset of the `models` mapping (default: all). overrides: `-S` strings such as
     `train.lr=0.003`; with overrides (or an experiment_name) the run is saved as a DVC
-    experiment. max_parallel: stages run at once (default: one per GPU, or per
-    runtime.nproc_per_node GPUs; on CPU one per 4 cores).
-    retries: extra attempts for stages matching retry_stages (default `fetch*`) and imports.
-    metrics_csv, figure_dirs: what the summary artifacts read (default: the output contract).
+    experiment. max_parallel: stages at once on Prefect's thread pool. dask_address: run the
+    stages on that Dask cluster instead (`tcp://host:8786`); stages that declare
+    runtime.device need workers with `GPU` resources. retries: extra attempts for stages
+    matching retry_stages (default `fetch*`) and imports.
     """
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
     root_path = check_root(root)
-    known = read_model_keys(root_path)
-    chosen = check_models(models, known)
-    parallel = max_parallel
-    if parallel is None:
-        parallel = default_parallelism(procs=procs_per_stage(root_path))
-    if parallel < 1:
-        raise VitlabError(f"max_parallel: {parallel} is below 1; use 1 for one stage at a time")
+    if max_parallel < 1:
+        raise VitlabError(f"max_parallel: {max_parallel} is below 1; use 1 for one at a time")
     if retries < 0:
         raise VitlabError(f"retries: {retries} is negative; use 0 for no retries")
     overrides = list(overrides or [])
@@ -671,56 +510,62 @@ def experiment_dag(
     if bad:
         raise VitlabError(f"overrides: {bad} lack '='; write them as DVC -S values: train.lr=0.003")
     is_experiment = bool(overrides) or bool(experiment_name)
-    if is_experiment:
-        check_experiment(root_path, [experiment_name] if experiment_name else [])
+    name = experiment_name or datetime.now().strftime("dag-%Y%m%d-%H%M%S")
+
+    with workspace_lock(root_path, f"experiment-dag flow run '{flow_run.name}'"):
+        if is_experiment:
+            check_experiment(root_path, [name])
+        params = read_params(root_path)
+        known = [str(k) for k in params.get("models") or {}]
+        chosen = check_models(models, known)
         if overrides:
             set_params(str(root_path), overrides)
+        nodes = read_stage_graph(root_path, known)
+        plan = plan_stages(nodes, chosen, root_path)
+        runner = task_runner(max_parallel, dask_address)
+        logger.info(
+            "%d stages in DVC's graph; running %d on %s%s",
+            len(nodes),
+            len(plan.run),
+            dask_address or f"Prefect's thread pool ({max_parallel} at once)",
+            f"; left out: {', '.join(plan.not_run)}" if plan.not_run else "",
+        )
+        done = run_stages(
+            runner,
+            str(root_path),
+            plan.run,
+            int((params.get("runtime") or {}).get("nproc_per_node") or 1),
+            retries,
+            retry_delay_seconds,
+            list(TRANSIENT_STAGES if retry_stages is None else retry_stages),
+        )
+        left_out = {"status": "left out", "seconds": None, "worker": None}
+        stages = [done.get(n.name) or {"stage": n.name, **left_out} for n in nodes]
+        by_status: dict[str, list[str]] = {}
+        for s in stages:
+            by_status.setdefault(s["status"], []).append(s["stage"])
+        experiment = None
+        if is_experiment and set(by_status) <= {"ran", "skipped", "left out"}:
+            include = paths_to_include(root_path, plan.run)
+            experiment = save_experiment(str(root_path), name, include)
+        publish_artifacts(root_path, stages, experiment, overrides)
 
-    nodes = read_stage_graph(root_path, known)
-    plan = plan_stages(nodes, chosen, root_path)
-    logger.info(
-        "%d stages in DVC's graph; running %d with max_parallel=%d%s",
-        len(nodes),
-        len(plan.run),
-        parallel,
-        f"; left out: {', '.join(plan.not_run)}" if plan.not_run else "",
-    )
-    outcome = run_plan(
-        root_path,
-        plan,
-        parallel,
-        retries,
-        retry_delay_seconds,
-        list(retry_stages) if retry_stages is not None else list(TRANSIENT_STAGES),
-    )
-    stages = []
-    for node in nodes:
-        if node.name in outcome.results:
-            stages.append(outcome.results[node.name])
-        elif node.name in outcome.failures:
-            stages.append({"stage": node.name, "status": "failed", "seconds": None})
-        elif node.name in plan.not_run:
-            stages.append({"stage": node.name, "status": "left out", "seconds": None})
-        else:
-            stages.append({"stage": node.name, "status": "not run", "seconds": None})
-
-    experiment = None
-    if is_experiment and not outcome.failures:
-        include = paths_to_include(root_path, plan.run)
-        experiment = save_experiment(str(root_path), experiment_name, include)
-    dirs = list(FIGURE_DIRS) if figure_dirs is None else figure_dirs
-    publish_artifacts(root_path, metrics_csv, dirs, stages, experiment, overrides)
-
-    if outcome.failures:
-        parts = list(outcome.failures.values())
-        if outcome.not_started:
-            parts.append("not run: " + ", ".join(outcome.not_started))
+    not_run = ", ".join(by_status.get("not run", []))
+    if "stopped" in by_status:
+        names = ", ".join(f"'{s}'" for s in by_status["stopped"])
+        return Cancelled(message=f"cancelled: stopped stage {names}; not run: {not_run or '-'}")
+    if "failed" in by_status:
+        parts = [s["message"] for s in stages if s["status"] == "failed"]
+        if not_run:
+            parts.append(f"not run: {not_run}")
         if is_experiment:
             parts.append("no experiment saved; params keep the overrides (as with `dvc exp run`)")
         raise DagFailed("\n".join(parts))
+    metrics = root_path / contract.METRICS_CSV
     return {
         "root": str(root_path),
         "stages": {s["stage"]: s["status"] for s in stages},
+        "workers": {s["stage"]: s["worker"] for s in stages},
         "experiment": experiment,
-        "metrics_csv": str(metrics) if (metrics := root_path / metrics_csv).is_file() else None,
+        "metrics_csv": str(metrics) if metrics.is_file() else None,
     }

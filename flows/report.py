@@ -2,80 +2,50 @@
 
 Kept apart from flows/dag.py (which schedules the stages) so the report can be read, and
 changed, on its own: best variant per model, soups against the best single epoch, figures.
+The metrics table is read with vitlab's own reader, the paths come from the output contract.
 """
 
-import csv
-import math
-import os
+from __future__ import annotations
+
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-TEXT_COLUMNS = frozenset({"model", "variant", "kind", "epochs"})  # "4" is an epoch, not 4.0
+from vitlab.core import contract
+from vitlab.report import read_table
+
+FIGURE_DIRS = (contract.FIGURES, contract.CAPTIONS)
+VAL_ACC, TEST_ACC, VAL_LOSS, _ = contract.ACCURACY_COLUMNS
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of the metrics table, scores as floats (blank -> None); any columns accepted."""
-    with open(path, newline="") as f:
-        return [
-            {k: (v if k in TEXT_COLUMNS else _number(v)) for k, v in row.items() if k}
-            for row in csv.DictReader(f)
-        ]
+def fmt(x: Any, digits: int = 4) -> str:
+    """A table cell: floats to `digits` places, blank for a missing value."""
+    if x is None or (isinstance(x, float) and pd.isna(x)):
+        return ""
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def _number(value: str | None) -> Any:
-    if value is None or value.strip() == "":
-        return None
-    try:
-        x = float(value)
-    except ValueError:
-        return value
-    return None if math.isnan(x) else x
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return "" if x is None else str(x)
-
-
-def _fmt_delta(x: Any, base: Any) -> str:
-    if isinstance(x, float) and isinstance(base, float):
-        return f"{x - base:+.4f}"
-    return ""
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def best_variants(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def best_variants(df: pd.DataFrame) -> pd.DataFrame:
     """Per model, the variant with the highest val_acc (ties: lower val_loss, then first)."""
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        model, acc = row.get("model"), row.get("val_acc")
-        if model is None or not isinstance(acc, float):
-            continue
-        cur = best.get(str(model))
-        if cur is None or acc > cur["val_acc"] or (acc == cur["val_acc"] and _lower_loss(row, cur)):
-            best[str(model)] = row
-    return best
-
-
-def _lower_loss(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    la, lb = a.get("val_loss"), b.get("val_loss")
-    return isinstance(la, float) and isinstance(lb, float) and la < lb
+    ranked = df.dropna(subset=[VAL_ACC]).sort_values(
+        [VAL_ACC, VAL_LOSS], ascending=[False, True], kind="stable"
+    )
+    return ranked.drop_duplicates("model").sort_values("model", kind="stable")
 
 
 def summary_markdown(
     root: Path,
-    rows: list[dict[str, Any]] | None,
-    metrics_csv: str,
-    figure_dirs: Sequence[str],
+    df: pd.DataFrame | None,
     stages: Sequence[dict[str, Any]],
     experiment: str | None = None,
     overrides: Sequence[str] = (),
@@ -90,126 +60,103 @@ def summary_markdown(
     if overrides:
         out += ["Overrides: " + ", ".join(f"`{o}`" for o in overrides), ""]
     out += ["## Stages", "", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".", ""]
-    stage_rows = [(s["stage"], s["status"], _fmt(s.get("seconds"), 1)) for s in stages]
-    out += [_table(["stage", "status", "seconds"], stage_rows), ""]
-    if rows is None:
-        out += [f"`{metrics_csv}` does not exist yet: the summarize stage has not run.", ""]
-    else:
-        out += _model_sections(rows, metrics_csv)
-    out += _figure_section(root, figure_dirs)
-    return "\n".join(out)
-
-
-def _model_sections(rows: list[dict[str, Any]], metrics_csv: str) -> list[str]:
-    out = ["## Best variant per model", "", "Chosen on val accuracy; test is held out.", ""]
-    best = best_variants(rows)
-    out += [
-        _table(
-            ["model", "variant", "epochs", "val_acc", "test_acc"],
-            [
-                (m, r.get("variant", ""), _fmt(r.get("epochs")), _fmt(r["val_acc"]))
-                + (_fmt(r.get("test_acc")),)
-                for m, r in best.items()
-            ],
-        ),
-        "",
-        "## Soups vs best single epoch",
-        "",
+    rows = [
+        (s["stage"], s["status"], fmt(s.get("seconds"), 1), s.get("worker") or "") for s in stages
     ]
-    soup_rows = []
-    by_model: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_model.setdefault(str(r.get("model")), {})[str(r.get("variant"))] = r
-    for model, variants in by_model.items():
-        base = variants.get("best_epoch")
-        if base is None:
-            continue
-        for v in ("best_epoch", "uniform_soup", "greedy_soup"):
-            r = variants.get(v)
-            if r is None:
-                continue
-            soup_rows.append(
-                (
-                    model,
-                    v,
-                    _fmt(r.get("val_acc")),
-                    _fmt_delta(r.get("val_acc"), base.get("val_acc")),
-                    _fmt(r.get("test_acc")),
-                    _fmt_delta(r.get("test_acc"), base.get("test_acc")),
-                )
-            )
-    if soup_rows:
-        header = ["model", "variant", "val_acc", "Δ val", "test_acc", "Δ test"]
-        out += [_table(header, soup_rows), ""]
+    out += [table(["stage", "status", "seconds", "worker"], rows), ""]
+    if df is None:
+        out += [f"`{contract.METRICS_CSV}` does not exist yet: summarize has not run.", ""]
     else:
-        out += ["No `best_epoch` rows in the metrics table.", ""]
-    others = [r for r in rows if not isinstance(r.get("val_acc"), float)]
-    if others:
-        out += ["## Other rows (no val accuracy)", ""]
-        skip = {"model", "variant", "kind", "epochs"}
-        cols = list(dict.fromkeys(k for r in others for k, v in r.items() if k not in skip))
-        cols = [k for k in cols if any(isinstance(r.get(k), float) for r in others)][:8]
-        rows_out = [
-            (r.get("model", ""), r.get("variant", ""), *(_fmt(r.get(k)) for k in cols))
-            for r in others
+        out += _model_sections(df)
+    return "\n".join(out + _figure_section(root))
+
+
+def _model_sections(df: pd.DataFrame) -> list[str]:
+    out = ["## Best variant per model", "", "Chosen on val accuracy; test is held out.", ""]
+    best = best_variants(df)
+    cols = ["model", "variant", "epochs", VAL_ACC, TEST_ACC]
+    out += [table(cols, ([fmt(r.get(c)) for c in cols] for r in best.to_dict("records"))), ""]
+    out += ["## Soups vs best single epoch", ""]
+    soups = []
+    for model, rows in df.groupby("model", sort=False):
+        by = {r["variant"]: r for r in rows.to_dict("records")}
+        if (base := by.get(contract.BEST_EPOCH)) is None:
+            continue
+        for r in (by[v] for v in contract.HEADLINE_VARIANTS if v in by):
+            cells = [model, r["variant"]]
+            for col in (VAL_ACC, TEST_ACC):
+                delta = r[col] - base[col]
+                cells += [fmt(r[col]), "" if pd.isna(delta) else f"{delta:+.4f}"]
+            soups.append(cells)
+    header = ["model", "variant", VAL_ACC, "Δ val", TEST_ACC, "Δ test"]
+    none = f"No `{contract.BEST_EPOCH}` rows in the metrics table."
+    out += [table(header, soups) if soups else none, ""]
+    others = df[df[VAL_ACC].isna()]
+    if len(others):
+        numeric = [
+            c
+            for c in others.columns
+            if c not in contract.TABLE_KEYS
+            and pd.api.types.is_numeric_dtype(df[c])
+            and others[c].notna().any()
+        ][:8]
+        rows = (
+            [r["model"], r["variant"], *(fmt(r[c]) for c in numeric)] for _, r in others.iterrows()
+        )
+        out += [
+            "## Other rows (no val accuracy)",
+            "",
+            table(["model", "variant", *numeric], rows),
+            "",
         ]
-        out += [_table(["model", "variant", *cols], rows_out), ""]
-    out += [f"Full table: `{metrics_csv}` (table artifact `experiment-dag-metrics`).", ""]
+    out += [f"Full table: `{contract.METRICS_CSV}` (table artifact `experiment-dag-metrics`).", ""]
     return out
 
 
-def _figure_section(root: Path, figure_dirs: Sequence[str]) -> list[str]:
+def _figure_section(root: Path) -> list[str]:
     out = ["## Figures", ""]
-    for rel in figure_dirs:
+    for rel in FIGURE_DIRS:
         base = root / rel
         if not base.is_dir():
             continue
         for d in [base, *sorted(d for d in base.iterdir() if d.is_dir())]:
-            found = d.glob("*.png") if d == base else d.rglob("*.png")
-            pngs = sorted(p.relative_to(d) for p in found)
+            pngs = sorted(p.relative_to(d) for p in (d.glob if d == base else d.rglob)("*.png"))
             if not pngs:
                 continue
-            loose = [p.name for p in pngs if len(p.parts) == 1]
             groups: dict[str, int] = {}
             for p in pngs:
                 if len(p.parts) > 1:
                     groups[p.parts[0]] = groups.get(p.parts[0], 0) + 1
+            loose = [p.name for p in pngs if len(p.parts) == 1]
             parts = [f"{g}/ ({n})" for g, n in groups.items()]
             parts += loose[:6] + (["..."] if len(loose) > 6 else [])
-            where = rel if d == base else f"{rel}/{d.name}"
+            where = rel if d == base else rel / d.name
             out.append(f"- `{where}/` ({len(pngs)} PNG): {', '.join(parts)}")
     if len(out) == 2:
-        return out + ["No figures yet under " + ", ".join(f"`{d}/`" for d in figure_dirs), ""]
+        return out + ["No figures yet under " + ", ".join(f"`{d}/`" for d in FIGURE_DIRS), ""]
     return out + ["", f"Under `{root}`.", ""]
 
 
 def publish_artifacts(
-    root: Path,
-    metrics_csv: str,
-    figure_dirs: Sequence[str],
-    stages: Sequence[dict[str, Any]],
-    experiment: str | None,
-    overrides: Sequence[str],
+    root: Path, stages: Sequence[dict[str, Any]], experiment: str | None, overrides: Sequence[str]
 ) -> None:
     """The metrics table, the per-stage table and the markdown summary as Prefect artifacts."""
-    path = root / metrics_csv
-    rows = read_metrics(path) if path.is_file() else None
-    if rows:
+    path = root / contract.METRICS_CSV
+    df = read_table(str(path)) if path.is_file() else None
+    if df is not None and len(df):
         create_table_artifact(
             key="experiment-dag-metrics",
-            table=rows,
-            description=f"{metrics_csv} in {root}"
+            table=df.to_dict("records"),
+            description=f"{contract.METRICS_CSV} in {root}"
             + (f" (experiment {experiment})" if experiment else ""),
         )
     create_table_artifact(
         key="experiment-dag-stages",
-        table=[{k: s.get(k) for k in ("stage", "status", "seconds")} for s in stages],
-        description="What DVC did with each stage in this run",
+        table=[{k: s.get(k) for k in ("stage", "status", "seconds", "worker")} for s in stages],
+        description="What DVC did with each stage in this run, and where",
     )
     create_markdown_artifact(
         key="experiment-dag-summary",
-        markdown=summary_markdown(
-            root, rows, metrics_csv, figure_dirs, stages, experiment, overrides
-        ),
+        markdown=summary_markdown(root, df, stages, experiment, overrides),
         description="Best variant per model, soups vs best epoch, figures",
     )

@@ -2,37 +2,30 @@
 
 Why DVC's queue rather than our own loop: each queued experiment runs in its own temporary copy
 of the repository (`.dvc/tmp/exps`), so the sweep never touches the workspace, and every result
-lands in `dvc exp show` for later comparison. The flow queues each point
-(`dvc exp run --queue -S ... --name <prefix>-<i>`), runs the queue (`dvc exp run --run-all`),
-waits for DVC's queue workers to exit, and compares the points from `dvc exp show --json` in
-its artifacts. Queued experiments start from the last commit plus tracked changes: commit new
+lands in `dvc exp show` for later comparison. The flow queues each point through DVC's Python
+CLI (holding vitlab's workspace lock while it does), runs the queue (`dvc exp run --run-all`),
+waits for DVC's queue workers to exit, and compares the points from `dvc.api.exp_show` in its
+artifacts. Queued experiments start from the last commit plus tracked changes: commit new
 files first.
 """
 
-import json
-import re
+from __future__ import annotations
+
 import subprocess
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dag import (
-    DagFailed,
-    StageFailed,
-    check_experiment,
-    check_root,
-    command_env,
-    dvc_command,
-    failure_message,
-    log_line,
-    stream_command,
-)
-from vitlab.errors import VitlabError
+from flows.dag import DagFailed, StageFailed, check_experiment, check_root, workspace_lock
+from flows.proc import dvc_command, log_path, log_tail, run_logged, stop_reason
+from flows.report import TEST_ACC, VAL_ACC, fmt, table
+from vitlab.core.errors import VitlabError
 
 DEFAULT_POINTS: tuple[tuple[str, ...], ...] = (
     ("train.lr=0.001",),
@@ -40,49 +33,20 @@ DEFAULT_POINTS: tuple[tuple[str, ...], ...] = (
     ("train.lr=0.004",),
 )
 WORKER_EXIT_TIMEOUT_S = 90.0
-_WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
+BOOKKEEPING = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
 
 
-def _dvc(root: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        dvc_command(*args), cwd=root, env=command_env(), capture_output=True, text=True
-    )
-
-
-def _streamed(root: str, what: str, *args: str) -> list[str]:
-    """Run a DVC command with its output in the task's log; raise with its stderr tail."""
-    logger = get_run_logger()
-    result = stream_command(
-        dvc_command(*args), root, command_env(), lambda _s, line: log_line(logger, line)
-    )
-    if result.returncode != 0:
-        raise StageFailed(failure_message(what, result.returncode, result.stderr_tail))
-    return result.stdout
-
-
-def queue_status(root: str) -> tuple[dict[str, str], tuple[int, int] | None]:
-    """`dvc queue status` as {experiment name: status} and (active, idle) workers."""
-    out = _dvc(root, "queue", "status").stdout
-    tasks: dict[str, str] = {}
-    workers = None
-    for line in out.splitlines():
-        if m := _WORKERS.search(line):
-            workers = (int(m.group(1)), int(m.group(2)))
-            continue
-        parts = line.split()
-        if len(parts) >= 4 and parts[0] != "Task":
-            tasks[parts[1]] = parts[-1]
-    return tasks, workers
-
-
-@task(name="queue-experiment", cache_policy=NO_CACHE, persist_result=False)
-def queue_experiment(root: str, overrides: list[str], name: str) -> str:
-    """`dvc exp run --queue -S ... --name <name>`: stash one point for the queue."""
-    args = ["exp", "run", "--queue", "--name", name]
-    for o in overrides:
-        args += ["-S", o]
-    _streamed(root, f"queueing experiment '{name}'", *args)
-    return name
+@task(name="queue-experiments", cache_policy=NO_CACHE, persist_result=False)
+def queue_experiments(root: str, points: list[list[str]], names: list[str]) -> None:
+    """`dvc exp run --queue -S ... --name <name>`: stash each point for the queue."""
+    for point, name in zip(points, names, strict=True):
+        args = ["exp", "run", "--queue", "--name", name]
+        for o in point:
+            args += ["-S", o]
+        log = log_path(Path(root), f"exp-queue-{name}")
+        code, _ = run_logged(dvc_command(*args), Path(root), log, lambda: None)
+        if code != 0:
+            raise StageFailed(f"queueing experiment '{name}' failed:\n{log_tail(log)}")
 
 
 @task(name="run-queue", cache_policy=NO_CACHE, persist_result=False)
@@ -90,32 +54,29 @@ def run_queue(root: str, names: list[str], jobs: int) -> dict[str, str]:
     """Run every queued experiment (`dvc exp run --run-all`), then wait for DVC's workers.
 
     `--run-all` exits 0 even when an experiment failed, so the outcome per experiment is read
-    from `dvc queue status`. DVC's celery workers outlive the command by a few seconds; the
+    from the queue's status. DVC's celery workers outlive the command by a few seconds; the
     task waits for them so that no process is left behind.
     """
-    logger = get_run_logger()
-    _streamed(root, "dvc exp run --run-all", "exp", "run", "--run-all", "--jobs", str(jobs))
-    deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
-    while True:
-        tasks, workers = queue_status(root)
-        if workers in (None, (0, 0)) or time.monotonic() > deadline:
-            break
-        time.sleep(2.0)
-    if workers not in (None, (0, 0)):
-        logger.warning(
-            "DVC queue workers still up after %.0f s; stopping them", WORKER_EXIT_TIMEOUT_S
-        )
-        _dvc(root, "queue", "stop")
-    return {n: tasks.get(n, "unknown") for n in names}
+    from dvc.repo import Repo
 
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
+    repo_path = Path(root)
+    log = log_path(repo_path, "exp-run-all")
+    cmd = dvc_command("exp", "run", "--run-all", "--jobs", str(jobs))
+    code, stopped = run_logged(cmd, repo_path, log, stop_reason)
+    if stopped or code != 0:
+        raise StageFailed(f"dvc exp run --run-all {stopped or 'failed'}:\n{log_tail(log)}")
+    with Repo(root) as repo:
+        queue = repo.experiments.celery_queue
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_S
+        while queue.worker_status() and time.monotonic() < deadline:
+            time.sleep(2.0)
+        if queue.worker_status():
+            get_run_logger().warning(
+                "DVC queue workers still up after %.0f s; stopping them", WORKER_EXIT_TIMEOUT_S
+            )
+            queue.shutdown()
+        statuses = {e["name"]: e["status"] for e in queue.status()}
+    return {n: statuses.get(n, "unknown") for n in names}
 
 
 def override_key(override: str) -> str:
@@ -124,38 +85,19 @@ def override_key(override: str) -> str:
     return lhs.split(":", 1)[-1].lstrip("+~")
 
 
-def _values(entry: dict[str, Any], kind: str) -> dict[str, Any]:
-    files = (entry.get("data") or {}).get(kind) or {}
-    flat: dict[str, Any] = {}
-    for path, content in files.items():
-        values = _flatten((content or {}).get("data") or {})
-        prefix = "" if len(files) == 1 else f"{path}:"
-        flat.update({prefix + k: v for k, v in values.items()})
-    return flat
-
-
-def compare_rows(
-    show: list[dict[str, Any]], names: Sequence[str], keys: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Rows of `dvc exp show --json` for the baseline commit and the named experiments."""
+def compare_rows(shown: list[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """`dvc.api.exp_show` rows of the baseline commit and the named experiments, labelled."""
     rows = []
-    for baseline in show:
-        if baseline.get("rev") == "workspace":
+    for r in shown:
+        if r.get("typ") == "baseline" and r.get("rev") != "workspace":
+            label = "baseline"
+        elif r.get("Experiment") in names:
+            label = r["Experiment"]
+        else:
             continue
-        entries = [("baseline", baseline)]
-        for exp in baseline.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                if rev.get("name") in names:
-                    entries.append((rev["name"], rev))
-        if len(entries) == 1:
-            continue
-        for label, entry in entries:
-            params = _values(entry, "params")
-            row: dict[str, Any] = {"experiment": label, "rev": str(entry.get("rev", ""))[:7]}
-            row.update({k: params.get(k) for k in keys})
-            row.update(_values(entry, "metrics"))
-            rows.append(row)
-    return rows
+        values = {k: v for k, v in r.items() if k not in BOOKKEEPING}
+        rows.append({"experiment": label, "rev": str(r.get("rev", ""))[:7], **values})
+    return rows if len(rows) > 1 else []
 
 
 def _mean(row: dict[str, Any], suffix: str) -> float | None:
@@ -169,20 +111,20 @@ def sweep_markdown(rows: list[dict[str, Any]], keys: Sequence[str], points: dict
     if not rows:
         return "\n".join(out + ["`dvc exp show` lists none of the sweep's experiments."])
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    shown = [k for k in columns if k.endswith("val_acc")] or [
+    shown = [k for k in columns if k.endswith(VAL_ACC)] or [
         k for k in columns if k not in ("experiment", "rev", *keys)
     ]
-    header = ["experiment", "overrides", "mean val_acc", "mean test_acc", *shown]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["experiment"], points.get(r["experiment"], "(committed params)")]
-        cells += [_fmt(_mean(r, "val_acc")), _fmt(_mean(r, "test_acc"))]
-        cells += [_fmt(r.get(k)) for k in shown]
-        lines.append("| " + " | ".join(cells) + " |")
-    out += lines + [""]
-    ranked = [r for r in rows if r["experiment"] != "baseline" and _mean(r, "val_acc") is not None]
+    header = ["experiment", "overrides", f"mean {VAL_ACC}", f"mean {TEST_ACC}", *shown]
+    cells = [
+        [r["experiment"], points.get(r["experiment"], "(committed params)")]
+        + [fmt(_mean(r, VAL_ACC)), fmt(_mean(r, TEST_ACC))]
+        + [fmt(r.get(k)) for k in shown]
+        for r in rows
+    ]
+    out += [table(header, cells), ""]
+    ranked = [r for r in rows if r["experiment"] != "baseline" and _mean(r, VAL_ACC) is not None]
     if ranked:
-        best = max(ranked, key=lambda r: _mean(r, "val_acc") or 0.0)
+        best = max(ranked, key=lambda r: _mean(r, VAL_ACC) or 0.0)
         out += [
             f"Best by mean val accuracy: **{best['experiment']}** ({points[best['experiment']]}); "
             f"bring it into the workspace with `dvc exp apply {best['experiment']}`.",
@@ -190,12 +132,6 @@ def sweep_markdown(rows: list[dict[str, Any]], keys: Sequence[str], points: dict
         ]
     out += ["Every column: table artifact `experiment-sweep-comparison`; or `dvc exp show`."]
     return "\n".join(out)
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4f}"
-    return "" if x is None else str(x)
 
 
 @flow(name="experiment-sweep", log_prints=True)
@@ -211,6 +147,9 @@ def experiment_sweep(
     `<prefix>-1`, `<prefix>-2`, ... (default `sweep-<date>-<time>`). jobs: experiments run at
     once by DVC's queue.
     """
+    import dvc.api
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
     root_path = check_root(root)
     pts = [list(p) for p in (points if points is not None else DEFAULT_POINTS)]
@@ -225,14 +164,13 @@ def experiment_sweep(
     names = [f"{prefix}-{i}" for i in range(1, len(pts) + 1)]
     check_experiment(root_path, names, param="name_prefix")
 
-    for point, name in zip(pts, names, strict=True):
-        queue_experiment(str(root_path), point, name)
+    with workspace_lock(root_path, f"experiment-sweep flow run '{flow_run.name}' (queueing)"):
+        queue_experiments(str(root_path), pts, names)
     statuses = run_queue(str(root_path), names, jobs)
     logger.info("queue results: %s", statuses)
 
     keys = list(dict.fromkeys(override_key(o) for p in pts for o in p))
-    shown = _dvc(str(root_path), "exp", "show", "--json", "--no-pager")
-    rows = compare_rows(json.loads(shown.stdout or "[]"), names, keys)
+    rows = compare_rows(dvc.api.exp_show(repo=str(root_path)), names)
     labels = {n: " ".join(p) for n, p in zip(names, pts, strict=True)}
     if rows:
         create_table_artifact(
@@ -250,9 +188,10 @@ def experiment_sweep(
     if failed:
         parts = []
         for n in failed:
-            tail = _dvc(str(root_path), "queue", "logs", n).stdout.strip().splitlines()[-10:]
-            parts.append(
-                f"experiment '{n}' ({labels[n]}) {statuses[n].lower()}:\n" + "\n".join(tail)
+            logs = subprocess.run(
+                dvc_command("queue", "logs", n), cwd=root_path, capture_output=True, text=True
             )
+            tail = "\n".join(logs.stdout.strip().splitlines()[-10:])
+            parts.append(f"experiment '{n}' ({labels[n]}) {statuses[n].lower()}:\n{tail}")
         raise DagFailed("\n".join(parts))
     return {"experiments": labels, "statuses": statuses, "rows": rows}

@@ -10,29 +10,26 @@ from pathlib import Path
 
 from PIL import Image
 
-from stages._common import cli, load_params, section
-from vitlab import synthetic
-from vitlab.atomic import atomic_dir
-from vitlab.errors import VitlabError
-from vitlab.rawdata import SPLITS, RawDataset, Sample, write_index
+from stages._common import cli, load_params
+from vitlab.core import config, contract
+from vitlab.core.atomic import atomic_dir
+from vitlab.core.errors import VitlabError
+from vitlab.sources import synthetic
+from vitlab.sources.rawdata import SPLITS, RawDataset, Sample, write_index
 
-RAW = Path("data/raw")
-SOURCES = ("synthetic", "oxford_pets", "folder")
+RAW = contract.RAW
 
 
-def fetch_synthetic(p: dict, out: Path) -> RawDataset:
+def fetch_synthetic(p: config.SyntheticData, out: Path) -> RawDataset:
     """Write the generated set as PNG images and masks, so it goes through `prepare` as files."""
-    per_class = p["per_class"]
-    for split in SPLITS:
-        if per_class.get(split, 0) < 1:
-            raise VitlabError(f"data.synthetic.per_class.{split} must be >= 1")
+    per_class = p.per_class.model_dump()
     d = synthetic.Difficulty(
-        object_scale=tuple(p["object_scale"]),
-        distractors=tuple(p["distractors"]),
-        noise=p["noise"],
-        colour_jitter=p["colour_jitter"],
+        object_scale=tuple(p.object_scale),
+        distractors=tuple(p.distractors),
+        noise=p.noise,
+        colour_jitter=p.colour_jitter,
     )
-    num_classes = p["num_classes"]
+    num_classes = p.num_classes
     try:
         classes = synthetic.class_names(num_classes)
     except ValueError as e:
@@ -40,7 +37,7 @@ def fetch_synthetic(p: dict, out: Path) -> RawDataset:
     samples = []
     for split in SPLITS:
         (out / split).mkdir(parents=True)
-        gen = synthetic.generate(split, per_class[split], num_classes, p["size"], p["seed"], d)
+        gen = synthetic.generate(split, per_class[split], num_classes, p.size, p.seed, d)
         for i, label, image, mask in gen:
             img_rel, mask_rel = f"{split}/{i:05d}.png", f"{split}/{i:05d}_mask.png"
             Image.fromarray(image).save(out / img_rel)
@@ -51,37 +48,36 @@ def fetch_synthetic(p: dict, out: Path) -> RawDataset:
 
 @cli
 def main() -> None:
-    data = section(load_params(), "data")
-    source = data.get("source")
-    if source not in SOURCES:
-        raise VitlabError(f"data.source: {source!r} is unknown; use one of {', '.join(SOURCES)}")
+    data = load_params().data
+    source = data.source
     with atomic_dir(RAW) as tmp:
         if source == "synthetic":
-            ds = fetch_synthetic(data["synthetic"], tmp)
+            ds = fetch_synthetic(data.synthetic, tmp)
         elif source == "oxford_pets":
-            from vitlab.oxford import fetch_oxford
+            from vitlab.sources.oxford import fetch_oxford
 
-            o = data["oxford_pets"]
+            o = data.oxford_pets
             ds = fetch_oxford(
-                images_url=o["images_url"],
-                images_md5=o["images_md5"],
-                annotations_url=o["annotations_url"],
-                annotations_md5=o["annotations_md5"],
-                cache_dir=Path(o["cache_dir"]),
+                images_url=o.images_url,
+                images_md5=o.images_md5,
+                annotations_url=o.annotations_url,
+                annotations_md5=o.annotations_md5,
+                cache_dir=Path(o.cache_dir),
                 out_root=tmp,
-                val_fraction=o["val_fraction"],
-                seed=data["split_seed"],
+                val_fraction=o.val_fraction,
+                seed=data.split_seed,
             )
         else:
-            from vitlab.folder import index_folder
+            from vitlab.sources.folder import index_folder
 
-            f = data["folder"]
+            f = data.folder
             ds = index_folder(
-                Path(f["path"]),
+                Path(f.path),
                 tmp,
-                val_fraction=f["val_fraction"],
-                test_fraction=f["test_fraction"],
-                seed=data["split_seed"],
+                val_fraction=f.val_fraction,
+                test_fraction=f.test_fraction,
+                seed=data.split_seed,
+                index_dir=RAW,
             )
         if source == "synthetic":
             write_index(tmp, ds)

@@ -10,52 +10,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages._captions import DATA, captions_section
 from stages._common import cli, load_params
-from vitlab.atomic import atomic_dir
 from vitlab.captions import scenes, store
 from vitlab.captions.karpathy import read_karpathy
-from vitlab.errors import VitlabError
+from vitlab.core import config, contract
+from vitlab.core.atomic import atomic_dir
+from vitlab.core.errors import VitlabError
 
-SOURCES = ("synthetic", "karpathy")
 
-
-def scene_config(p: dict) -> scenes.SceneConfig:
+def scene_config(c: config.Captions) -> scenes.SceneConfig:
     """captions.synthetic.scenes (+ captions.image_size) as a validated SceneConfig."""
-    cfg = scenes.SceneConfig.from_dict(
-        {**p["synthetic"].get("scenes", {}), "image_size": p["image_size"]}
-    )
+    knobs = c.synthetic.scenes.model_dump(exclude_none=True)
+    cfg = scenes.SceneConfig.from_dict({**knobs, "image_size": c.image_size})
     cfg.validate()
     return cfg
 
 
 @cli
 def main() -> None:
-    p = captions_section(load_params(), "fetch_captions")
-    source = p.get("source")
-    if source not in SOURCES:
-        raise VitlabError(f"captions.source: {source!r} is unknown; use one of {SOURCES}")
-    if source not in p:
-        raise VitlabError(
-            f"params.yaml: captions.{source} is missing (captions.source is {source})"
-        )
-    with atomic_dir(DATA) as tmp:
+    c = load_params().captions
+    source = c.source
+    with atomic_dir(contract.CAPTION_DATA) as tmp:
         if source == "synthetic":
-            s = p["synthetic"]
-            cfg = scene_config(p)
-            counts = {split: int(s["counts"][split]) for split in store.SPLITS}
-            for split, n in counts.items():
-                if n < 1:
-                    raise VitlabError(f"captions.synthetic.counts.{split} must be >= 1 (got {n})")
+            s = c.synthetic
+            cfg = scene_config(c)
+            counts = s.counts.model_dump()
             generated = {
-                split: scenes.generate(cfg, int(s["seed"]), split, 0, n)
-                for split, n in counts.items()
+                split: scenes.generate(cfg, s.seed, split, 0, n) for split, n in counts.items()
             }
-            counts = store.write_scenes(tmp, generated, cfg, int(s["seed"]))
+            counts = store.write_scenes(tmp, generated, cfg, s.seed)
         else:
-            k = p["karpathy"]
-            items = read_karpathy(Path(k["json"]), Path(k["images"]))
-            limit = int(k.get("limit", 0))
+            k = c.karpathy
+            items = read_karpathy(Path(k.json_path), Path(k.images))
+            limit = k.limit
             if limit:
                 kept, seen = [], dict.fromkeys(store.SPLITS, 0)
                 for it in items:
@@ -65,8 +52,8 @@ def main() -> None:
                 items = kept
             for split in store.SPLITS:
                 if not any(it.split == split for it in items):
-                    raise VitlabError(f"{k['json']}: the {split!r} split is empty")
-            counts = store.write_resized(tmp, items, int(p["image_size"]), Path(k["json"]).stem)
+                    raise VitlabError(f"{k.json_path}: the {split!r} split is empty")
+            counts = store.write_resized(tmp, items, c.image_size, Path(k.json_path).stem)
     print(f"fetch_captions: {source}, {counts}")
 
 

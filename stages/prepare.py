@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
-from stages._common import cli, load_params, section
-from vitlab.atomic import atomic_dir, write_json
-from vitlab.errors import VitlabError
-from vitlab.prepare import prepare_split
-from vitlab.rawdata import SPLITS, read_index
+from stages._common import cli, load_params
+from vitlab.core import contract
+from vitlab.core.atomic import atomic_dir, write_json
+from vitlab.core.errors import VitlabError
+from vitlab.sources.prepare import prepare_split
+from vitlab.sources.rawdata import SPLITS, read_index
 
-RAW, OUT = Path("data/raw"), Path("data/prepared")
+RAW, OUT = contract.RAW, contract.PREPARED
 
 
 @cli
 def main() -> None:
-    params = load_params()
-    p = section(params, "prepare")
-    size = p["image_size"]
-    if not isinstance(size, int) or size < 8:
-        raise VitlabError(f"prepare.image_size must be an integer >= 8 (got {size!r})")
-    workers = p.get("workers") or min(8, os.cpu_count() or 1)
+    p = load_params().prepare
+    size = p.image_size
+    workers = min(p.workers or 8, os.cpu_count() or 1)
     ds = read_index(RAW)
     with atomic_dir(OUT) as tmp:
         splits = {s: prepare_split(RAW, ds, s, size, tmp / s, workers) for s in SPLITS}

@@ -17,17 +17,9 @@ import json
 import numpy as np
 import torch
 
-from stages._captions import (
-    DATA,
-    MODEL_DIR,
-    OUT,
-    build_captioner,
-    captions_section,
-    runtime_device,
-)
 from stages._common import cli, load_params
-from vitlab.atomic import atomic_dir, write_json
 from vitlab.captions import store
+from vitlab.captions.build import build_captioner
 from vitlab.captions.dataset import CaptionSet, to_images
 from vitlab.captions.decode import attention_maps, generate
 from vitlab.captions.metrics import Grounding, caption_scores
@@ -35,7 +27,10 @@ from vitlab.captions.model import Captioner, load_captioner
 from vitlab.captions.render import caption_figure, save_figure
 from vitlab.captions.scenes import word_kind
 from vitlab.captions.vocab import Vocab
-from vitlab.errors import VitlabError
+from vitlab.core import contract
+from vitlab.core.atomic import atomic_dir, write_json
+from vitlab.core.errors import VitlabError
+from vitlab.vit import runtime
 
 
 def grounding(
@@ -83,23 +78,21 @@ def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
 @cli
 def main() -> None:
     params = load_params()
-    p = captions_section(params, "render_captions")
-    device = runtime_device(params)
-    vocab = Vocab.load(MODEL_DIR / "vocab.json")
-    model = build_captioner(p, len(vocab), for_training=False)
-    load_captioner(model, MODEL_DIR / "model.pt").to(device).eval()
-    test = store.load_split(store.read_items(DATA), "test")
+    c = params.captions
+    device = runtime.resolve(params.runtime).device
+    vocab = Vocab.load(contract.CAPTIONER / "vocab.json")
+    model = build_captioner(c, len(vocab), for_training=False)
+    load_captioner(model, contract.CAPTIONER / "model.pt").to(device).eval()
+    test = store.load_split(store.read_items(contract.CAPTION_DATA), "test")
     if test.images.shape[1] != model.cfg.image_size:
         raise VitlabError(
-            f"{DATA} holds {test.images.shape[1]}-px images, the captioner expects "
+            f"{contract.CAPTION_DATA} holds {test.images.shape[1]}-px images, the captioner "
+            f"expects "
             f"{model.cfg.image_size}; rerun `dvc repro fetch_captions train_captioner`"
         )
-    beam = int(p["decode"].get("beam_size", 1))
-    headline = p["decode"].get("headline", "greedy")
-    if headline not in ("greedy", "beam") or (headline == "beam" and beam < 2):
-        raise VitlabError(
-            f"captions.decode.headline {headline!r}: use greedy, or beam with beam_size >= 2"
-        )
+    beam, headline = c.decode.beam_size, c.decode.headline
+    if headline == "beam" and beam < 2:
+        raise VitlabError("captions.decode.headline beam needs captions.decode.beam_size >= 2")
     decoded = {"greedy": generate(model, test, vocab, device)}
     if beam > 1:
         decoded[f"beam{beam}"] = generate(model, test, vocab, device, beam_size=beam)
@@ -119,13 +112,14 @@ def main() -> None:
         "grounding": ground,
         "rows": metric_rows(scores, ground),
     }
-    chosen = [int(i) for i in p["render"].get("images", [])]
+    chosen = list(c.render.images)
     bad = [i for i in chosen if not 0 <= i < len(test)]
     if bad:
         raise VitlabError(
             f"captions.render.images {bad} are outside the test split (0..{len(test) - 1})"
         )
-    with atomic_dir(OUT / "figures") as fig_dir:
+    drawn = []
+    with atomic_dir(contract.CAPTION_FIGURES) as fig_dir:
         seqs = [decoded[headline][i] for i in chosen]
         maps = (
             attention_maps(
@@ -159,8 +153,18 @@ def main() -> None:
                     indent=1,
                 )
             )
+            drawn.append(
+                contract.Figure(
+                    png=f"{name}.png", maps=f"{name}.npy", group="captions", title=caption,
+                    variant=headline, split="test", images=(i,),
+                    info={"image": test.ids[i], "caption": caption, "reference": reference,
+                          "token_ids": ids, "tokens": [vocab.label(t) for t in ids],
+                          "meta": f"{name}.json"},
+                )
+            )  # fmt: skip
+        contract.write_manifest(fig_dir, drawn, model="captioner", stage="render_captions")
     write_json(
-        OUT / "test_captions.json",
+        contract.TEST_CAPTIONS,
         [
             {
                 "image": test.ids[i],
@@ -170,7 +174,7 @@ def main() -> None:
             for i in range(len(test))
         ],
     )
-    write_json(OUT / "metrics.json", metrics)
+    write_json(contract.CAPTION_METRICS, metrics)
     s = scores[headline]
     g = ""
     if ground is not None:

@@ -1,58 +1,54 @@
 """Stage `render_positions@<M>`: position-embedding similarity of chosen variants (ViT Fig. 7).
 
-Writes reports/figures/<M>/positions/positions_<variant>.png and, beside each, the raw
-(rows, cols, rows, cols) cosine-similarity array as positions_<variant>.npy.
+Writes reports/figures/<M>/positions/positions_<variant>.png, beside each the raw
+(rows, cols, rows, cols) cosine-similarity array it draws (.npy), and manifest.json.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from stages._common import cli, load_params, model_argument, section
-from stages._model import build
-from stages.evaluate import variants
-from vitlab.atomic import atomic_dir
-from vitlab.errors import VitlabError
-from vitlab.figures import position_figure
-from vitlab.models import load_checkpoint
-from vitlab.positions import model_position_similarity
-
-FIGURES = Path("reports/figures")
-
-
-def variant_checkpoints(model: str, names: list[str], param: str) -> dict[str, tuple]:
-    """{variant: (kind, epochs, checkpoint)} for the names a params list asks for, in order."""
-    table = variants(model)
-    known = [v for v in table if not v.startswith("epoch_")]
-    if not isinstance(names, list) or not names:
-        raise VitlabError(f"{param} must be a non-empty list of variants from {', '.join(known)}")
-    unknown = [v for v in names if v not in table]
-    if unknown:
-        raise VitlabError(f"{param}: unknown variant(s) {unknown}; choose from {', '.join(known)}")
-    return {v: table[v] for v in names}
+from stages._common import cli, load_params, model_argument
+from vitlab.core import contract
+from vitlab.core.atomic import atomic_dir
+from vitlab.maps.figures import position_figure
+from vitlab.maps.positions import model_position_similarity
+from vitlab.prepared import load_meta
+from vitlab.vit.models import build_for, load_checkpoint
 
 
 @cli
 def main() -> None:
-    key = model_argument(__doc__)
     params = load_params()
-    cfg = section(params, "maps")
-    table = variant_checkpoints(key, cfg.get("position_variants"), "maps.position_variants")
-    model = build(params, key, pretrained=False)
-    with atomic_dir(FIGURES / key / "positions") as tmp:
-        for name, (_, epochs, path) in table.items():
-            load_checkpoint(model, path)
+    key = model_argument(__doc__, params)
+    table = contract.variants(key)
+    meta = load_meta(contract.PREPARED)
+    model = build_for(
+        params.models[key], num_classes=len(meta["classes"]), image_size=meta["image_size"]
+    )
+    drawn = []
+    with atomic_dir(contract.positions_dir(key)) as tmp:
+        for name in params.maps.position_variants:
+            v = table[name]
+            load_checkpoint(model, v.checkpoint)
             sim = model_position_similarity(model)
-            np.save(tmp / f"positions_{name}.npy", sim)
-            epochs_text = ",".join(str(e) for e in epochs)
-            position_figure(
-                sim,
-                tmp / f"positions_{name}.png",
-                title=f"{key} {name} (epochs {epochs_text}): position embedding similarity",
+            stem = f"positions_{name}"
+            np.save(tmp / f"{stem}.npy", sim)
+            epochs = ",".join(str(e) for e in v.epochs)
+            title = f"{key} {name} (epochs {epochs}): position embedding similarity"
+            position_figure(sim, tmp / f"{stem}.png", title=title)
+            drawn.append(
+                contract.Figure(
+                    png=f"{stem}.png",
+                    maps=f"{stem}.npy",
+                    group="positions",
+                    title=title,
+                    variant=name,
+                    epochs=v.epochs,
+                )  # fmt: skip
             )
             print(f"render_positions@{key}: {name} grid {sim.shape[0]}x{sim.shape[1]}")
+        contract.write_manifest(tmp, drawn, model=key, stage=f"render_positions@{key}")
 
 
 if __name__ == "__main__":

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from stages._common import cli, load_params, model_argument, section
-from vitlab.atomic import write_json
-from vitlab.errors import VitlabError
+from stages._common import cli, load_params, model_argument
+from vitlab.core import contract
+from vitlab.core.atomic import write_json
+from vitlab.core.errors import VitlabError
 from vitlab.selection import TIE_RULE, top_k
 
 
 @cli
 def main() -> None:
-    key = model_argument(__doc__)
-    k = section(load_params(), "select")["k"]
-    out = Path("models") / key
-    history_path = out / "history.json"
-    if not history_path.is_file():
-        raise VitlabError(f"{history_path} is missing; run `dvc repro train@{key}`")
-    history = json.loads(history_path.read_text())
+    params = load_params()
+    key = model_argument(__doc__, params)
+    k = params.select.k
+    history = contract.read_json(contract.history(key), f"train@{key}")
     kept = [r for r in history["epochs"] if r["epoch"] in history["kept"]]
-    if not isinstance(k, int) or k < 1 or k > len(kept):
+    if k > len(kept):
         raise VitlabError(
-            f"select.k = {k!r} but train@{key} kept {len(kept)} epoch(s); set select.k "
+            f"select.k = {k} but train@{key} kept {len(kept)} epoch(s); set select.k "
             f"to 1..{len(kept)} or raise train.keep_top_k"
         )
     chosen = top_k(kept, k)
     for r in chosen:
-        path = out / "epochs" / f"epoch_{r['epoch']:03d}.pt"
+        path = contract.epoch_checkpoint(key, r["epoch"])
         if not path.is_file():
             raise VitlabError(f"{path} is missing; rerun `dvc repro train@{key}`")
     selection = {
@@ -41,12 +36,12 @@ def main() -> None:
                 "epoch": r["epoch"],
                 "val_acc": r["val_acc"],
                 "val_loss": r["val_loss"],
-                "path": str(out / "epochs" / f"epoch_{r['epoch']:03d}.pt"),
+                "path": str(contract.epoch_checkpoint(key, r["epoch"])),
             }
             for r in chosen
         ],
     }
-    write_json(out / "selection.json", selection)
+    write_json(contract.selection(key), selection)
     print(f"select@{key}: epochs {[r['epoch'] for r in chosen]}")
 
 

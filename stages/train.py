@@ -11,57 +11,37 @@ import json
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from stages._common import cli, load_params, model_argument, model_params, section
-from stages._model import PREPARED, build, runtime
-from vitlab.data import load_meta, load_split
-from vitlab.distributed import init, launched_by_torchrun
-from vitlab.errors import VitlabError
-from vitlab.train import TrainConfig, fit
+from stages._common import cli, load_params, model_argument
+from vitlab.core import config, contract
+from vitlab.prepared import load_meta, load_split
+from vitlab.training.loop import fit
+from vitlab.vit import runtime
+from vitlab.vit.distributed import init, launched_by_torchrun
+from vitlab.vit.models import build_for
 
 
-def train_config(params: dict, model: str) -> TrainConfig:
-    """train.* with the model's own `train:` overrides on top."""
-    merged = {**section(params, "train"), **model_params(params, model).get("train", {})}
-    known = TrainConfig.__dataclass_fields__
-    unknown = sorted(set(merged) - set(known))
-    if unknown:
-        raise VitlabError(f"train: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return TrainConfig(**merged)
-
-
-def relaunch_with_torchrun(params: dict, model: str) -> int | None:
+def relaunch_with_torchrun(r: config.Runtime, model: str) -> int | None:
     """Rerun this stage under torchrun when runtime.nproc_per_node > 1 (one node).
 
     For several nodes, start `torchrun --nnodes ... -m stages.train <M>` on each node yourself:
     a process torchrun started is never relaunched.
     """
-    r = section(params, "runtime")
-    nproc = r.get("nproc_per_node", 1)
-    if nproc <= 1 or launched_by_torchrun():
+    if r.nproc_per_node <= 1 or launched_by_torchrun():
         return None
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        *shlex.split(r.get("torchrun_args", "")),
-        "-m",
-        "stages.train",
-        model,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={r.nproc_per_node}",
+           *shlex.split(r.torchrun_args), "-m", "stages.train", model]  # fmt: skip
     return subprocess.call(cmd)
 
 
 @cli
 def main() -> None:
-    key = model_argument(__doc__)
     params = load_params()
-    cfg, rt = train_config(params, key), runtime(params)
-    status = relaunch_with_torchrun(params, key)
+    key = model_argument(__doc__, params)
+    cfg, rt = params.train_for(key), runtime.resolve(params.runtime)
+    status = relaunch_with_torchrun(params.runtime, key)
     if status is not None:
         sys.exit(status)
     ctx = init(rt.device)
@@ -72,24 +52,28 @@ def main() -> None:
             f"{rt.fused_attention}, fast dropout {rt.fast_dropout}",
             flush=True,
         )
-    meta = load_meta(PREPARED)
+    meta = load_meta(contract.PREPARED)
     torch.manual_seed(cfg.seed)
-    model = build(params, key)
+    entry = params.models[key]
+    model = build_for(
+        entry, num_classes=len(meta["classes"]), image_size=meta["image_size"], released=True
+    )
     spec = {
-        "model": model_params(params, key),
-        "train": cfg.__dict__,
+        "model": entry.model_dump(exclude={"train"}),
+        "train": cfg.model_dump(),
         "data": meta["fingerprint"],
-        "numerics": [str(rt.amp), rt.fused_attention, rt.fast_dropout],  # resume never mixes
+        "numerics": [str(rt.amp), rt.fused_attention, rt.fast_dropout, rt.eval_batch_size],
     }
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     history = fit(
         model,
-        load_split(PREPARED, "train"),
-        load_split(PREPARED, "val"),
+        load_split(contract.PREPARED, "train"),
+        load_split(contract.PREPARED, "val"),
         cfg,
         rt,
-        out_dir=Path("models") / key,
-        live_dir=Path("reports/train") / key,
+        name=key,
+        out_dir=contract.model_dir(key),
+        live_dir=contract.train_curves(key),
         fingerprint=fingerprint,
         num_classes=len(meta["classes"]),
         ctx=ctx,

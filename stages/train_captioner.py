@@ -2,53 +2,48 @@
 
 Outputs: models/captioner/{model.pt, vocab.json, config.json, history.json} and the dvclive
 curves (train_loss, val_loss, val_bleu4, val_exact, lr per epoch) in reports/captions/train/,
-each folder replaced atomically at the end of a successful run.
+each folder replaced atomically at the end of a successful run; models/captioner_last.pt holds
+the resume state after every epoch, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
 import torch
 
-from stages._captions import (
-    DATA,
-    MODEL_DIR,
-    OUT,
-    build_captioner,
-    captions_section,
-    runtime_device,
-    train_config,
-)
-from stages._common import cli, load_params, section
-from vitlab.atomic import atomic_dir
+from stages._common import cli, load_params
 from vitlab.captions import scenes, store
+from vitlab.captions.build import build_captioner
 from vitlab.captions.dataset import CaptionSet, from_scenes
 from vitlab.captions.model import config_dict
 from vitlab.captions.train import fit_captioner
 from vitlab.captions.vocab import Vocab
-from vitlab.errors import VitlabError
+from vitlab.core import contract
+from vitlab.core.atomic import atomic_dir
+from vitlab.core.errors import VitlabError
+from vitlab.vit import runtime
 
 
 @cli
 def main() -> None:
     params = load_params()
-    p = captions_section(params, "train_captioner")
-    device = runtime_device(params)
+    c = params.captions
+    rt = runtime.resolve(params.runtime)
     t0 = time.perf_counter()
-    items = store.read_items(DATA)
+    items = store.read_items(contract.CAPTION_DATA)
     train, val = store.load_split(items, "train"), store.load_split(items, "val")
-    if train.images.shape[1] != int(p["image_size"]):
+    if train.images.shape[1] != c.image_size:
         raise VitlabError(
-            f"{DATA} holds {train.images.shape[1]}-px images but captions.image_size is "
-            f"{p['image_size']}; rerun `dvc repro fetch_captions`"
+            f"{contract.CAPTION_DATA} holds {train.images.shape[1]}-px images but "
+            f"captions.image_size is "
+            f"{c.image_size}; rerun `dvc repro fetch_captions`"
         )
-    vocab = Vocab.build(
-        [c for refs in train.captions for c in refs], int(p["vocab"].get("min_count", 1))
-    )
-    tc = train_config(p)
-    gen = store.generator(DATA)
+    vocab = Vocab.build([s for refs in train.captions for s in refs], c.vocab.min_count)
+    tc = c.train
+    gen = store.generator(contract.CAPTION_DATA)
 
     def train_set(epoch: int) -> CaptionSet:
         if epoch == 1 or not tc.fresh_scenes or gen is None:
@@ -58,17 +53,26 @@ def main() -> None:
         return from_scenes(scenes.generate(cfg, seed, "train", (epoch - 1) * n, n), [""] * n)
 
     torch.manual_seed(tc.seed)
-    model = build_captioner(p, len(vocab), for_training=True)
-    with atomic_dir(OUT / "train") as live_tmp, atomic_dir(MODEL_DIR) as model_tmp:
+    model = build_captioner(c, len(vocab), for_training=True)
+    spec = {"captions": c.model_dump(mode="json", by_alias=True), "device": str(rt.device),
+            "data": hashlib.sha256((contract.CAPTION_DATA / "captions.json").read_bytes())
+            .hexdigest()}  # fmt: skip
+    fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    with (
+        atomic_dir(contract.CAPTION_TRAIN) as live_tmp,
+        atomic_dir(contract.CAPTIONER) as model_tmp,
+    ):
         history = fit_captioner(
             model,
             vocab,
             train_set,
             val,
             tc,
-            device=device,
+            device=rt.device,
             live_dir=live_tmp,
-            progress=bool(section(params, "runtime").get("progress", True)),
+            progress=rt.progress,
+            state_path=contract.CAPTIONER_STATE,
+            fingerprint=fingerprint,
         )
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, model_tmp / "model.pt")
         vocab.save(model_tmp / "vocab.json")

@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from vitlab.profile import apply as apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "profiles" / "micro.yaml"
@@ -24,9 +27,12 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, env_extra: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run a command in a scratch project, capturing text output; fail loudly with it."""
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, **kw)
+    env = {**project_env(), **(env_extra or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -37,7 +43,8 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 
 def make_project(dest: Path, params: Path | None = MICRO) -> Path:
-    """Copy the project's tracked (and new, unignored) files into `dest` as a fresh git repo."""
+    """Copy the project's tracked (and new, unignored) files into `dest` as a fresh git repo,
+    with the profile `params` (default: micro) applied to its params.yaml."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -51,17 +58,52 @@ def make_project(dest: Path, params: Path | None = MICRO) -> Path:
         if src.is_file() and not skip:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    if params is not None:
-        shutil.copy(params, dest / "params.yaml")
+    if params is not None:  # a profile: an overlay of the repository's params.yaml
+        apply_profile(dest / "params.yaml", params)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest
 
 
+AUDIT = ROOT / "tests" / "audit"  # sitecustomize: which files each stage process reads
+
+
 @pytest.fixture(scope="session")
 def micro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch project on the micro profile after a full `dvc repro` (shared, read-only)."""
+    """A scratch project on the micro profile after a full `dvc repro` (shared, read-only).
+
+    Every stage process records the files it read into <root>/../reads (tests/test_dag_deps.py).
+    """
     root = make_project(tmp_path_factory.mktemp("micro"))
-    dvc("repro", cwd=root)
+    reads = root.parent / "reads"
+    reads.mkdir()
+    env = {"VITLAB_READS": str(reads), "PYTHONPATH": str(AUDIT)}
+    run([sys.executable, "-m", "dvc", "repro"], root, env_extra=env)
     return root
+
+
+FAULTS_REPORT = ROOT / "reports" / "bench" / "faults.md"
+
+
+@pytest.fixture(scope="session")
+def fault_rows() -> Iterator[list[dict]]:
+    """Rows (fault, stage, outcome, ok) that fault-injection tests add; written at the end of
+    the session to reports/bench/faults.md with the totals."""
+    rows: list[dict] = []
+    yield rows
+    if not rows:
+        return
+    lost = sum(not r["ok"] for r in rows)
+    lines = [
+        "# Fault injection (`pytest -m faults`, micro profile, real processes)",
+        "",
+        f"{len(rows)} faults injected; results lost or wrong: {lost}.",
+        "",
+        "| fault | stage | outcome |",
+        "|---|---|---|",
+        *(f"| {r['fault']} | {r['stage']} | {r['outcome']} |" for r in rows),
+        "",
+    ]
+    FAULTS_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    FAULTS_REPORT.write_text("\n".join(lines))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitlab.atomic import atomic_path, save_torch
+from vitlab.core.atomic import atomic_path, save_torch
 
 
 def test_the_same_weights_give_the_same_bytes(tmp_path):

@@ -74,13 +74,16 @@ def test_top_k_larger_than_the_kept_epochs(project):
     set_param(project, "select.k", 5)
     before = (project / "models/M16/selection.json").read_bytes()
     proc = stage(project, "stages.select", "M16")
-    assert_one_line_error(proc, "select.k = 5", "kept 3 epoch(s)", "train.keep_top_k")
+    assert_one_line_error(proc, "select.k (5) exceeds train.keep_top_k (3)", "raise keep_top_k")
     assert (project / "models/M16/selection.json").read_bytes() == before  # untouched
 
 
 def test_keep_top_k_below_three_is_refused(project):
     set_param(project, "train.keep_top_k", 2)
-    assert_one_line_error(stage(project, "stages.train", "M16"), "train.keep_top_k must be >= 3")
+    assert_one_line_error(
+        stage(project, "stages.train", "M16"),
+        "train.keep_top_k: Input should be greater than or equal to 3",
+    )
 
 
 def test_missing_dataset_folder(project):

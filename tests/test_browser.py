@@ -1,6 +1,10 @@
-"""The dashboard in a real headless Chromium: `streamlit run` on loopback over the outputs of a
-micro `dvc repro`, each page loaded, checked for the leaderboard's numbers and for errors, and
-screenshotted.
+"""The dashboard in a real headless Chromium, served by a real `streamlit run`.
+
+Launched from the repository root (so `.streamlit/config.toml` binds it to loopback) over the
+outputs of a micro `dvc repro`: every page loads without an error, the leaderboard shows the
+numbers of reports/metrics.csv with the architecture each model ran, and the maps the page
+serves are the stages' .npy arrays pixel for pixel. Launched from another directory (where
+Streamlit binds every interface) it serves one refusal line unless VITLAB_DASHBOARD_PUBLIC=1.
 
 Chromium is Debian's package (Playwright's own browser download does not work offline). When
 /usr/bin/chromium is missing the module installs it with `apt-get install -y chromium` (needs
@@ -10,21 +14,35 @@ Screenshots go to a pytest tmp folder and, when VITLAB_SCREENSHOTS is set, to th
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, project_env
+from matplotlib import colormaps
+from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vitlab.core import config, contract  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+APP = ROOT / "dashboard" / "app.py"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -50,7 +68,7 @@ RENDERED = """() => {
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
   if (document.querySelector('[data-testid="stSpinner"]')) return false;
   const main = document.querySelector('[data-testid="stMain"]');
-  if (!main || !main.querySelector('h1')) return false;
+  if (!main || !main.querySelector('h1, [data-testid="stAlert"]')) return false;
   for (const f of document.querySelectorAll('[data-testid="stDataFrame"]'))
     if (f.checkVisibility() && !f.querySelector('canvas')) return false;
   for (const c of document.querySelectorAll('[data-testid="stVegaLiteChart"]'))
@@ -95,22 +113,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(micro_project: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`streamlit run dashboard/app.py` headless on 127.0.0.1, reading the micro project."""
+@contextlib.contextmanager
+def serve(cwd: Path, project: Path, log: Path, **env: str) -> Iterator[str]:
+    """`streamlit run <repo>/dashboard/app.py` started in `cwd` on a free port, reading
+    `project`; yields its loopback URL once healthy."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = project_env()
-    env["VITLAB_ROOT"] = str(micro_project)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
-        "--server.headless", "true",
-        "--server.address", "127.0.0.1",
-        "--server.port", str(port),
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
+    full = {**project_env(), "VITLAB_ROOT": str(project), **env}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
+    if cwd != ROOT:  # the repository's config says headless; elsewhere it must be said
+        cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=full, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
@@ -135,6 +148,14 @@ def app_url(micro_project: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def app_url(micro_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Served from the repository root with no address flag: its config.toml decides."""
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    with serve(ROOT, micro_project, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser(chromium: Path):
     from playwright.sync_api import sync_playwright
 
@@ -153,13 +174,17 @@ def shot_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return dirs
 
 
+def wait_drawn(page) -> None:
+    page.wait_for_function(RENDERED, timeout=120_000, polling=250)
+    page.wait_for_timeout(500)  # let the last chart finish its layout
+    page.wait_for_function(RENDERED, timeout=120_000, polling=250)
+
+
 def load(browser, url: str):
     """A fresh page (a fresh Streamlit session) at url, waited on until fully drawn."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(url)
-    page.wait_for_function(RENDERED, timeout=120_000, polling=250)
-    page.wait_for_timeout(500)  # let the last chart finish its layout
-    page.wait_for_function(RENDERED, timeout=120_000, polling=250)
+    wait_drawn(page)
     return page
 
 
@@ -180,15 +205,34 @@ def assert_no_error(page) -> None:
     assert "Traceback" not in page.inner_text("body")
 
 
+def csv_rows(root: Path) -> list[dict]:
+    with open(root / contract.METRICS_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def served_pixels(page, url: str, selector: str) -> np.ndarray:
+    """The RGB pixels of the image the server sent for the <img> at `selector`."""
+    src = page.locator(selector).first.get_attribute("src")
+    with urllib.request.urlopen(urllib.parse.urljoin(url, src), timeout=10) as r:
+        return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+
+
+def viridis(a: np.ndarray) -> np.ndarray:
+    """The documented colouring of a shown map: its min..max through viridis, one pixel each."""
+    a = a.astype(np.float64)
+    unit = (a - a.min()) / (a.max() - a.min())
+    return (colormaps["viridis"](unit)[..., :3] * 255).round().astype(np.uint8)
+
+
 def test_leaderboard_numbers_in_chromium(app_url, browser, shot_dirs, micro_project):
     page = load(browser, app_url)
     try:
         assert_no_error(page)
         body = page.inner_text('[data-testid="stMain"]')
-        with open(micro_project / "reports" / "metrics.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["variant"] in HEADLINE]
+        rows = [r for r in csv_rows(micro_project) if r["variant"] in HEADLINE]
         assert rows
         for row in rows:
+            assert row["arch"] in body
             for split in ("val_acc", "test_acc"):
                 number = f"{float(row[split]):.4f}"
                 assert number in body, f"{row['model']} {row['variant']} {split} {number}"
@@ -206,10 +250,62 @@ def test_page_renders_in_chromium(path, app_url, browser, shot_dirs):
     try:
         assert_no_error(page)
         assert page.locator('[data-testid="stMain"] h1').first.inner_text() == PAGES[path]
-        if path != "maps":  # maps of the micro project may be notices only
-            assert page.locator(
-                '[data-testid="stVegaLiteChart"], [data-testid="stDataFrame"]'
-            ).count()
+        shown = (
+            '[data-testid="stVegaLiteChart"], [data-testid="stDataFrame"], [data-testid="stImage"]'
+        )
+        try:  # React may mount the page's elements a moment after the run has ended
+            page.locator(shown).first.wait_for(state="attached", timeout=30_000)
+        except PlaywrightTimeout:
+            raise AssertionError(page.inner_text('[data-testid="stMain"]')) from None
         screenshot(page, path, shot_dirs)
     finally:
         page.close()
+
+
+def test_served_maps_are_the_npy_pixel_for_pixel(app_url, browser, micro_project):
+    page = load(browser, app_url + "maps")
+    try:
+        model = next(iter(config.load(micro_project / contract.PARAMS).models))  # the default
+        _, pos = contract.read_manifest(micro_project / contract.positions_dir(model))
+        sim = np.load(micro_project / contract.positions_dir(model) / pos[0].maps)
+        got = served_pixels(page, app_url, ".st-key-heat_pos img")
+        assert (got == viridis(sim[0, 0])).all()
+        page.get_by_role("tab", name="Attention maps").click()
+        page.get_by_text("Maps as scored").click()
+        wait_drawn(page)
+        assert_no_error(page)
+        folder = micro_project / contract.attention_dir(model)
+        _, att = contract.read_manifest(folder)
+        first = [f for f in att if f.variant == att[0].variant]
+        for f in first:
+            maps = np.load(folder / f.maps)
+            got = served_pixels(page, app_url, f".st-key-heat_{f.method} img")
+            assert got.shape[:2] == maps.shape[1:]  # at image resolution, not resampled
+            assert (got == viridis(maps[0])).all(), f.method
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_launched_elsewhere_it_serves_only_when_exposure_is_meant(
+    public, micro_project, browser, tmp_path
+):
+    """From another directory Streamlit binds every interface: one refusal line, no data."""
+    env = {"VITLAB_DASHBOARD_PUBLIC": "1"} if public else {}
+    with serve(tmp_path, micro_project, tmp_path / "streamlit.log", **env) as url:
+        page = load(browser, url)
+        try:
+            body = page.inner_text("body")
+            best = next(r for r in csv_rows(micro_project) if r["variant"] == "best_epoch")
+            if public:
+                assert page.locator('[data-testid="stMain"] h1').first.inner_text() == "Leaderboard"
+                assert f"{float(best['test_acc']):.4f}" in body
+            else:
+                assert page.locator(ERRORS).first.inner_text() == (
+                    "Not serving on every interface: run `streamlit run dashboard/app.py "
+                    "--server.address 127.0.0.1`, or set VITLAB_DASHBOARD_PUBLIC=1 to expose "
+                    "the dashboard deliberately."
+                ).replace("`", "")
+                assert f"{float(best['test_acc']):.4f}" not in body and best["arch"] not in body
+        finally:
+            page.close()

@@ -47,7 +47,12 @@ def test_repro_writes_the_contract_outputs(project):
 def test_figures_have_one_panel_map_per_generated_token(project):
     figs = project / "reports/captions/figures"
     assert sorted(p.name for p in figs.iterdir()) == [
-        f"test_{i:05d}.{ext}" for i in (0, 3) for ext in ("json", "npy", "png")
+        "manifest.json",
+        *(f"test_{i:05d}.{ext}" for i in (0, 3) for ext in ("json", "npy", "png")),
+    ]
+    manifest = json.loads((figs / "manifest.json").read_text())
+    assert [(f["png"], f["maps"], f["images"]) for f in manifest["figures"]] == [
+        (f"test_{i:05d}.png", f"test_{i:05d}.npy", [i]) for i in (0, 3)
     ]
     vocab = json.loads((project / "models/captioner/vocab.json").read_text())["words"]
     for i in (0, 3):
@@ -94,7 +99,8 @@ def test_unknown_caption_source_is_one_line(project):
         proc = run([sys.executable, "-m", "stages.fetch_captions"], project, check=False)
         assert proc.returncode == 2
         assert proc.stderr.strip() == (
-            "error: captions.source: 'flickr' is unknown; use one of ('synthetic', 'karpathy')"
+            "error: params.yaml: captions.source: Input should be 'synthetic' or 'karpathy' "
+            "(got 'flickr')"
         )
         assert (project / "data/captions/captions.json").is_file()
     finally:

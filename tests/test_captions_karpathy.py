@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitlab.captions import store
 from vitlab.captions.karpathy import read_karpathy
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,13 +116,12 @@ def run_fetch(cwd: Path) -> subprocess.CompletedProcess:
 
 
 def write_params(cwd: Path, json_path: Path, images: Path) -> None:
-    params = {
-        "captions": {
-            "source": "karpathy",
-            "image_size": 32,
-            "karpathy": {"json": str(json_path), "images": str(images), "limit": 0},
-        }
-    }
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["captions"].update(
+        source="karpathy",
+        image_size=32,
+        karpathy={"json": str(json_path), "images": str(images), "limit": 0},
+    )
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 

@@ -19,7 +19,7 @@ from vitlab.captions.metrics import (
     tokenize,
     word_grounding,
 )
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 # Two references per image; every n-gram order has matches so unsmoothed BLEU is non-zero.
 REFS = [

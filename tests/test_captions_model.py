@@ -8,8 +8,8 @@ import torch
 from vitlab.captions.decode import attention_maps, beam_search, greedy
 from vitlab.captions.model import Captioner, CaptionerConfig, init_encoder, load_captioner
 from vitlab.captions.vocab import Vocab
-from vitlab.errors import VitlabError
-from vitlab.models import build_model
+from vitlab.core.errors import VitlabError
+from vitlab.vit.models import build_model
 
 VOCAB = Vocab.build([["a", "red", "blue", "blob", "left", "of"]])
 

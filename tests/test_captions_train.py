@@ -11,9 +11,10 @@ from vitlab.captions.decode import attention_maps, greedy
 from vitlab.captions.metrics import Grounding, caption_scores
 from vitlab.captions.model import Captioner, CaptionerConfig
 from vitlab.captions.scenes import SceneConfig, generate, scene_rng, word_kind
-from vitlab.captions.train import CaptionTrainConfig, fit_captioner
+from vitlab.captions.train import fit_captioner
 from vitlab.captions.train import generate as caption_all
 from vitlab.captions.vocab import Vocab
+from vitlab.core.config import CaptionTrain
 
 CPU = torch.device("cpu")
 # One object per 32-px scene, in one of 2x2 cells; captions "a <size> <colour> plain blob".
@@ -48,7 +49,17 @@ def trained(tmp_path_factory):
             dropout=0.0,
         )
     )
-    cfg = CaptionTrainConfig(epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0.5)
+    cfg = CaptionTrain(
+        epochs=6,
+        batch_size=32,
+        lr=3e-3,
+        weight_decay=0.01,
+        warmup_epochs=0.5,
+        label_smoothing=0.0,
+        grad_clip=1.0,
+        fresh_scenes=False,
+        seed=0,
+    )
     history = fit_captioner(
         model,
         vocab,

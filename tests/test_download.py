@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from vitlab import download as dl
-from vitlab.download import download, md5sum, safe_extract
-from vitlab.errors import VitlabError
+from vitlab.core import download as dl
+from vitlab.core.download import download, md5sum, safe_extract
+from vitlab.core.errors import VitlabError
 
 PAYLOAD = os.urandom(300_000)
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

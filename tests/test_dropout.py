@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from vitlab.device import amp_dtype, cpu_has_native_bf16
-from vitlab.dropout import LEVELS, FastDropout, drop_threshold, set_fast_dropout
-from vitlab.fused_attention import set_fused_attention
-from vitlab.models import build_model
+from vitlab.vit.device import amp_dtype, cpu_has_native_bf16
+from vitlab.vit.dropout import LEVELS, FastDropout, drop_threshold, set_fast_dropout
+from vitlab.vit.fused_attention import set_fused_attention
+from vitlab.vit.models import build_model
 
 
 def test_eval_mode_and_p_zero_are_the_identity():

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from pytorch_pretrained_vit import ViT
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitlab.flops import forward_flops, train_flops
-from vitlab.fused_attention import set_fused_attention
-from vitlab.models import build_model
+from vitlab.vit.flops import forward_flops, train_flops
+from vitlab.vit.fused_attention import set_fused_attention
+from vitlab.vit.models import build_model
 
 
 @pytest.mark.parametrize(("arch", "size"), [("vitlab_B_16", 64), ("B_16_imagenet1k", 384)])

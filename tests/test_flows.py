@@ -13,11 +13,12 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import MICRO, make_project
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,14 +56,19 @@ stages:
         - data/prepared.txt
       params:
         - models.${key}
+        - runtime.device
       outs:
         - models/${key}/weights.txt
+        - models/${key}/state.txt:
+            persist: true
   evaluate:
     foreach: ${models}
     do:
       cmd: python step.py evaluate ${key}
       deps:
         - models/${key}/weights.txt
+      params:
+        - runtime.device
       outs:
         - reports/eval/${key}.json:
             cache: false
@@ -82,7 +88,7 @@ stages:
 
 TINY_STEP = '''\
 """Stages of a tiny DVC project with vitlab's DAG shape; each takes milliseconds."""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 
 import yaml
@@ -115,13 +121,16 @@ def barrier(model):
 trace("start")
 print(f"hello from {STAGE}")
 if P.get("fail") == STAGE:
-    print("progress 10%\\rprogress 50%\\rprogress 90%", file=sys.stderr)
     print(f"boom: {STAGE} was told to fail", file=sys.stderr)
     sys.exit(3)
 if P.get("fail_once") == STAGE and not Path(".failed_once").exists():
     Path(".failed_once").touch()
     sys.exit(f"flaky: {STAGE} fails its first attempt")
 step, model = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+if P.get("sleep") == STAGE:  # a long stage: half its output written, then a wait
+    write(f"models/{model}/weights.txt", "partial")
+    Path("sleeping.pgid").write_text(str(os.getpgid(0)))
+    time.sleep(600)
 if step == "fetch":
     write("data/raw.txt", "raw\\n")
 elif step == "prepare":
@@ -129,7 +138,9 @@ elif step == "prepare":
 elif step == "train":
     if P.get("barrier"):
         barrier(model)
+    time.sleep(P.get("pause", 0))
     write(f"models/{model}/weights.txt", f"{P['models'][model]['n'] * P['scale']}\\n")
+    write(f"models/{model}/state.txt", "resume state\\n")
 elif step == "evaluate":
     w = float(Path(f"models/{model}/weights.txt").read_text())
     base = w / (10.0 + w)
@@ -153,7 +164,7 @@ elif step == "summarize":
 trace("end")
 '''
 
-TINY_STAGES = ["fetch", "prepare", "train@a", "evaluate@a", "train@b", "evaluate@b", "summarize"]
+TINY_STAGES = ["fetch", "prepare", "train@a", "train@b", "evaluate@a", "evaluate@b", "summarize"]
 
 
 def tiny_env() -> dict[str, str]:
@@ -173,13 +184,14 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
 def make_tiny(dest: Path, **params: Any) -> Path:
     """A committed git + DVC repository with the tiny project; `params` update params.yaml."""
     dest.mkdir(parents=True, exist_ok=True)
-    p = {"scale": 1, "fail": "", "fail_once": "", "barrier": False}
+    p = {"scale": 1, "fail": "", "fail_once": "", "sleep": "", "barrier": False}
     p.update(params)
     p["models"] = {"a": {"n": 1}, "b": {"n": 2}}
+    p["runtime"] = {"device": "cpu", "nproc_per_node": 1}
     (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     (dest / "dvc.yaml").write_text(TINY_DVC_YAML)
     (dest / "step.py").write_text(TINY_STEP)
-    (dest / ".gitignore").write_text("trace.log\nbarrier/\n.failed_once\n")
+    (dest / ".gitignore").write_text("trace.log\nbarrier/\n.failed_once\nsleeping.pgid\n")
     sh(["git", "init", "-q"], dest)
     sh([sys.executable, "-m", "dvc", "init", "-q"], dest)
     sh(["git", "add", "-A"], dest)
@@ -260,11 +272,21 @@ def task_runs(flow_run_id: UUID) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    ids = FlowRunFilterId(any_=[flow_run_id])
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=ids))
     return {r.name: r for r in runs}
+
+
+def run_logs(flow_run_id: UUID) -> str:
+    """Every log line of a flow run and its tasks, as the Prefect API has it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    ids = LogFilterFlowRunId(any_=[flow_run_id])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=ids))
+    return "\n".join(r.message for r in logs)
 
 
 def flow_run(flow_run_id: UUID) -> Any:
@@ -285,20 +307,40 @@ def exp_show(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
 # --------------------------------------------------------------------------- the graph
 
 
 def test_stage_graph_is_dvcs_own_with_foreach_expanded(tmp_path):
-    from flows.dag import plan_stages, read_model_keys, read_stage_graph
+    from flows.dag import plan_stages, read_params, read_stage_graph
 
     root = make_tiny(tmp_path / "p")
-    nodes = read_stage_graph(root, read_model_keys(root))
-    assert [n.name for n in nodes] == TINY_STAGES
+    keys = list(read_params(root)["models"])
+    nodes = read_stage_graph(root, keys)
+    assert [n.name for n in nodes] == TINY_STAGES  # by generation: both trains, then evals
     by = {n.name: n for n in nodes}
     assert by["train@b"].upstream == ("prepare",) and by["train@b"].model == "b"
     assert by["summarize"].upstream == ("evaluate@a", "evaluate@b")
     assert by["summarize"].model is None
     assert set(by["evaluate@a"].outs) == {"reports/eval/a.json", "reports/figures/a"}
+    # what declares runtime.device asks for a GPU; a persist out survives a stopped run
+    assert [n.name for n in nodes if n.device] == TINY_STAGES[2:6]
+    assert by["train@a"].scratch == ("models/a/weights.txt",)
 
     # a stage added to dvc.yaml is orchestrated with no change to the flows
     extra = {"cmd": "python step.py report", "deps": ["reports/metrics.csv"], "outs": ["r.txt"]}
@@ -342,48 +384,6 @@ def test_bad_inputs_name_the_parameter(tmp_path):
         check_experiment(root, ["a/b"])
 
 
-def test_parallelism_follows_the_hardware_and_splits_gpus_between_slots(monkeypatch):
-    from flows.dag import default_parallelism, slot_env, visible_gpus
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert visible_gpus() == ["0", "1", "2", "3"]
-    assert default_parallelism() == 4
-    assert default_parallelism(procs=2) == 2  # a DDP stage takes nproc_per_node GPUs
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    gpus = visible_gpus()
-    assert slot_env(0, 2, gpus, 16) == {"CUDA_VISIBLE_DEVICES": "0,2", "OMP_NUM_THREADS": "8"}
-    assert slot_env(1, 2, gpus, 16)["CUDA_VISIBLE_DEVICES"] == "1,3"
-    assert slot_env(0, 1, gpus, 16) == {}  # one slot: the stage sees everything
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert slot_env(1, 8, gpus, 16) == {}  # more slots than GPUs: no pinning; user's threads
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    assert visible_gpus() == []
-    assert default_parallelism(cpus=2) == 1 and default_parallelism(cpus=16) == 4
-
-
-def test_stream_command_hands_over_lines_and_thins_progress_bars(tmp_path):
-    from flows.dag import stream_command
-
-    child = textwrap.dedent(
-        """
-        import sys
-        print("out 1"); sys.stdout.flush()
-        sys.stderr.write("bar 1\\rbar 2\\rbar 3\\rbar done\\n"); sys.stderr.flush()
-        print("out 2")
-        sys.stderr.write("error: last words\\n")
-        sys.exit(5)
-        """
-    )
-    seen: list[tuple[str, str]] = []
-    result = stream_command(
-        [sys.executable, "-c", child], tmp_path, None, lambda s, line: seen.append((s, line))
-    )
-    assert result.returncode == 5
-    assert result.stdout == ["out 1", "out 2"]
-    assert [line for s, line in seen if s == "stderr"] == ["bar 1", "bar done", "error: last words"]
-    assert result.stderr_tail[-1] == "error: last words"
-
-
 # --------------------------------------------------------------------------- the flow
 
 
@@ -415,6 +415,7 @@ def test_flow_runs_every_stage_in_dag_order_concurrently_then_skips(prefect_api,
     greedy_a = next(r for r in table if r["model"] == "a" and r["variant"] == "greedy_soup")
     assert greedy_a["val_acc"] == pytest.approx(1 / 11 + 0.02)
     assert greedy_a["extra_col"] == "x"  # extra columns ride along
+    assert greedy_a["epochs"] == "2;3"  # text stays text
     md = arts["experiment-dag-summary"]
     assert "| a | greedy_soup | 2;3 | 0.1109 | 0.0609 |" in md  # best variant per model
     assert "| b | uniform_soup | 0.1767 | +0.0100 | 0.1267 | +0.0100 |" in md  # soup vs best
@@ -423,15 +424,21 @@ def test_flow_runs_every_stage_in_dag_order_concurrently_then_skips(prefect_api,
     runs = task_runs(run_id)
     assert set(TINY_STAGES) <= set(runs)
     assert all(runs[s].state.is_completed() for s in TINY_STAGES)
+    # each stage's output: in its own log file, and line by line in the run's Prefect log
+    log = root / ".dvc/tmp/vitlab-logs/train@a.log"
+    assert "hello from train@a" in log.read_text()
+    logs = run_logs(run_id)
+    assert "hello from train@b" in logs and "Running stage 'evaluate@a'" in logs
 
     again = experiment_dag(root=str(root), max_parallel=2, return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["stages"] == {s: "skipped" for s in TINY_STAGES}
     stages = artifacts(again.state_details.flow_run_id)["experiment-dag-stages"]
     assert {r["stage"]: r["status"] for r in stages} == {s: "skipped" for s in TINY_STAGES}
+    assert {r["worker"] for r in stages} == {socket.gethostname()}  # the thread pool, here
 
 
-def test_failing_stage_fails_the_run_with_its_name_and_stderr(prefect_api, tmp_path):
+def test_failing_stage_fails_the_run_with_its_name_and_log(prefect_api, tmp_path):
     from flows.dag import experiment_dag
 
     root = make_tiny(tmp_path / "p", fail="train@b")
@@ -439,12 +446,18 @@ def test_failing_stage_fails_the_run_with_its_name_and_stderr(prefect_api, tmp_p
     assert state.is_failed()
     stored = flow_run(state.state_details.flow_run_id).state
     assert stored.is_failed()
-    for text in ("stage 'train@b' failed (exit 3)", "boom: train@b was told to fail"):
+    for text in (
+        "stage 'train@b' failed (log: ",
+        "boom: train@b was told to fail",
+        "exited with 3",  # DVC's own line, from the log's tail
+    ):
         assert text in state.message and text in stored.message
-    assert "not run: evaluate@b, summarize" in stored.message
+    # train@a ran before train@b failed; nothing started afterwards, evaluate@a included
+    assert "not run: evaluate@a, evaluate@b, summarize" in stored.message
     runs = task_runs(state.state_details.flow_run_id)
     assert runs["train@b"].state.is_failed() and runs["train@a"].state.is_completed()
-    assert "evaluate@b" not in runs
+    assert not any(runs[s].state.is_completed() for s in ("evaluate@a", "evaluate@b"))
+    assert ("start", "evaluate@a") not in trace(root)
     assert not (root / "reports/metrics.csv").exists()
 
 
@@ -473,14 +486,63 @@ def test_models_subset_runs_only_that_models_stages(prefect_api, tmp_path):
         "fetch": "ran",
         "prepare": "ran",
         "train@a": "left out",
-        "evaluate@a": "left out",
         "train@b": "ran",
+        "evaluate@a": "left out",
         "evaluate@b": "ran",
         "summarize": "left out",
     }
     assert not (root / "models/a").exists() and (root / "models/b/weights.txt").is_file()
     bad = experiment_dag(root=str(root), models=["zz"], return_state=True)
     assert bad.is_failed() and "models: zz not in params.yaml models; known: a, b" in bad.message
+
+
+def test_second_writer_on_a_checkout_refuses_naming_the_holder(prefect_api, tmp_path):
+    from flows.dag import experiment_dag, workspace_lock
+
+    root = make_tiny(tmp_path / "p")
+    with workspace_lock(root, "a test holding the checkout"):
+        state = experiment_dag(root=str(root), return_state=True)
+        assert state.is_failed()
+        line = f"is busy with another flow run (pid {os.getpid()}, a test holding the checkout)"
+        assert line in state.message and "\n" not in state.message
+        assert not (root / "data/raw.txt").exists()  # refused before any stage
+    assert experiment_dag(root=str(root), models=["a"], return_state=True).is_completed()
+
+
+def test_cancelling_an_in_process_run_ends_it_cancelled_naming_the_stage(prefect_api, tmp_path):
+    """No runner to signal the flow: the stage task sees the Cancelling state itself."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    from flows.dag import experiment_dag
+
+    root = make_tiny(tmp_path / "p", sleep="train@b")
+    done: list[Any] = []
+    name = f"cancel-{tmp_path.name}"
+    run = experiment_dag.with_options(flow_run_name=name)
+    worker = threading.Thread(target=lambda: done.append(run(root=str(root), return_state=True)))
+    worker.start()
+    pgid_file = root / "sleeping.pgid"
+    pgid = int(wait_until("the long stage", pgid_file.is_file, 120) and pgid_file.read_text())
+    with get_client(sync_client=True) as client:
+        (ours,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        client.set_flow_run_state(ours.id, Cancelling(), force=True)
+    worker.join(timeout=60)
+    assert done and not group_alive(pgid)
+    state = done[0]
+    assert state.is_cancelled(), state
+    assert (
+        state.message
+        == "cancelled: stopped stage 'train@b'; not run: evaluate@a, evaluate@b, summarize"
+    )
+    assert flow_run(ours.id).state.is_cancelled()
+    assert (root / "models/a/weights.txt").is_file() and not (
+        root / "models/b/weights.txt"
+    ).exists()
+    assert (root / "models/a/state.txt").is_file()
 
 
 def test_overrides_make_a_dvc_experiment_listed_by_exp_show(prefect_api, tmp_path):
@@ -522,6 +584,7 @@ def test_sweep_queues_runs_and_compares_experiments(prefect_api, tmp_path):
         assert exps[name]["params"]["params.yaml"]["data"]["scale"] == scale
     arts = artifacts(state.state_details.flow_run_id)
     rows = {r["experiment"]: r for r in arts["experiment-sweep-comparison"]}
+    assert rows["baseline"]["scale"] == 1
     assert rows["sw-1"]["scale"] == 2 and rows["sw-2"]["scale"] == 4
     assert rows["sw-2"]["b.greedy_soup.val_acc"] == pytest.approx(8 / 18 + 0.02)
     md = arts["experiment-sweep-summary"]
@@ -530,6 +593,51 @@ def test_sweep_queues_runs_and_compares_experiments(prefect_api, tmp_path):
     status = sh([sys.executable, "-m", "dvc", "queue", "status"], root).stdout
     assert "Worker status: 0 active, 0 idle" in status  # no DVC worker left behind
     assert yaml.safe_load((root / "params.yaml").read_text())["scale"] == 1  # workspace untouched
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@pytest.mark.slow
+def test_dask_cluster_spreads_gpu_stages_over_its_gpu_workers(prefect_api, tmp_path):
+    """A real LocalCluster: the models' stages land on different workers (each task says
+    which), wait_for holds across workers, and a worker with GPU=1 runs one device stage at a
+    time however many threads it has."""
+    from distributed import LocalCluster
+
+    from flows.dag import experiment_dag
+
+    root = make_tiny(tmp_path / "p", barrier=True)  # the trains must run at once
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, resources={"GPU": 1}, dashboard_address=None
+    ) as cluster:
+        names = {str(w.name) for w in cluster.workers.values()}
+        state = experiment_dag(
+            root=str(root), dask_address=cluster.scheduler_address, return_state=True
+        )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["stages"] == {s: "ran" for s in TINY_STAGES}
+    where = result["workers"]
+    assert set(where.values()) <= names and where["train@a"] != where["train@b"]
+    t = trace(root)
+    assert t[("end", "train@a")] < t[("start", "evaluate@a")]  # wait_for held on Dask too
+    stages = artifacts(state.state_details.flow_run_id)["experiment-dag-stages"]
+    assert {r["stage"]: r["worker"] for r in stages} == where
+
+    # one worker, two threads, GPU=1: the trains could share it, their GPU request forbids it
+    root = make_tiny(tmp_path / "q", pause=2)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, resources={"GPU": 1}, processes=False,
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip
+        state = experiment_dag(
+            root=str(root), dask_address=cluster.scheduler_address, return_state=True
+        )
+    assert state.is_completed(), state.message
+    t = trace(root)
+    first, second = sorted(("train@a", "train@b"), key=lambda s: t[("start", s)])
+    assert t[("end", first)] < t[("start", second)]
 
 
 # --------------------------------------------------------------------------- deployments
@@ -587,13 +695,13 @@ def test_served_deployment_on_the_micro_profile(prefect_api, micro_project, tmp_
     2: DVC reports every stage up to date and the flow skips them all;
     3: a stage that fails leaves the run Failed with its name and error in the state message.
     """
-    from flows.dag import read_model_keys, read_stage_graph
+    from flows.dag import read_params, read_stage_graph
 
     if not MICRO.is_file():
         pytest.skip("profiles/micro.yaml is not in this checkout")
     root = make_project(tmp_path / "micro")
     env = dict(tiny_env(), PREFECT_API_URL=prefect_api, OMP_NUM_THREADS="1")
-    stages = [n.name for n in read_stage_graph(root, read_model_keys(root))]
+    stages = [n.name for n in read_stage_graph(root, read_params(root)["models"])]
     assert {"fetch", "train@M16", "evaluate@M32", "summarize"} <= set(stages)
     failing = make_tiny(tmp_path / "failing", fail="evaluate@a")
 
@@ -630,8 +738,70 @@ def test_served_deployment_on_the_micro_profile(prefect_api, micro_project, tmp_
         code, out, run_id = deployment_run(env, "micro", f"root={failing}")
         assert code == 1 and "Flow run finished in state 'Failed'" in out
         message = flow_run(run_id).state.message
-        assert "stage 'evaluate@a' failed (exit 3)" in message
+        assert "stage 'evaluate@a' failed (log: " in message and "exited with 3" in message
         assert "boom: evaluate@a was told to fail" in message
+
+
+@pytest.mark.slow
+def test_cancelling_a_served_run_stops_the_stage_and_leaves_no_lock(prefect_api, tmp_path):
+    """`prefect flow-run cancel` on a served run that is inside a long stage: the stage's whole
+    process group goes within seconds, DVC's locks are released, its partial output is
+    removed, the run ends Cancelled and its log names the stage. While it ran, a second run on
+    the same checkout refused in one line naming the first one's process."""
+    from flows.dag import experiment_dag, workspace_lock
+
+    root = make_tiny(tmp_path / "p", sleep="train@a")
+    env = dict(tiny_env(), PREFECT_API_URL=prefect_api, PYTHONPATH=str(REPO))
+    prefect = [sys.executable, "-m", "prefect"]
+    with serving(env, root, tmp_path / "serve.log", "cancel"):
+        r = subprocess.run(
+            [*prefect, "deployment", "run", "experiment-dag/cancel"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        run_id = UUID(next(x for x in r.stdout.splitlines() if "UUID:" in x).split(":")[1].strip())
+        pgid_file = root / "sleeping.pgid"
+        pgid = int(
+            wait_until("the long stage", lambda: pgid_file.is_file(), 180) and pgid_file.read_text()
+        )
+        assert group_alive(pgid) and pgid != os.getpgid(0)
+
+        second = experiment_dag(root=str(root), return_state=True)
+        assert second.is_failed() and "\n" not in second.message
+        holder = re.search(
+            r"is busy with another flow run \(pid (\d+), experiment-dag", second.message
+        )
+        assert holder and int(holder.group(1)) != os.getpid(), second.message
+
+        started = time.monotonic()
+        subprocess.run(
+            [*prefect, "flow-run", "cancel", str(run_id)], env=env, check=True, capture_output=True
+        )
+        wait_until("the stage's process group to go", lambda: not group_alive(pgid), 30)
+        stopped_after = time.monotonic() - started
+        final = wait_until(
+            "a final state", lambda: (s := flow_run(run_id).state).is_final() and s, 90
+        )
+    assert final.is_cancelled(), final
+    assert stopped_after < 15, stopped_after
+    logs = wait_until(
+        "the log line", lambda: "stopped stage 'train@a'" in (x := run_logs(run_id)) and x, 30
+    )
+    assert "its processes are gone, its partial outputs removed" in logs
+    runs = task_runs(run_id)
+    assert runs["train@a"].state.is_cancelled()
+    assert "stopped stage 'train@a'" in runs["train@a"].state.message
+    assert ("start", "train@b") not in trace(root)  # nothing started after the cancel
+    assert not (root / "models/a/weights.txt").exists()  # no partial output left behind
+    assert (root / "data/prepared.txt").is_file()  # what finished before stays
+    rwlock = json.loads((root / ".dvc/tmp/rwlock").read_text())
+    assert not rwlock.get("write") and not any(rwlock.get("read", {}).values()), rwlock
+    status = sh([sys.executable, "-m", "dvc", "status"], root)
+    assert "train@a" in status.stdout and "killed" not in status.stderr
+    with workspace_lock(root, "a follow-up"):  # vitlab's own lock is free again
+        pass
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from vitlab.errors import VitlabError
-from vitlab.folder import index_folder, stratified_carve
-from vitlab.rawdata import read_index
+from tests.conftest import dvc, make_project
+from vitlab.core.errors import VitlabError
+from vitlab.sources.folder import index_folder, stratified_carve
+from vitlab.sources.rawdata import read_index, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,8 +82,9 @@ def test_homework_layout_with_classes_txt_carves_test_from_train(tmp_path: Path)
     assert counts(ds, "test") == {0: 2, 1: 2, 2: 2}  # 0.2 of each class's train
     assert counts(ds, "train") == {0: 8, 1: 8, 2: 8}
     for s in ds.samples:
-        p = Path(s.image)
-        assert p.is_absolute() and p.is_file() and s.mask == ""
+        assert not Path(s.image).is_absolute()  # relative to the index: clones stay valid
+        p = resolve(out, s.image)
+        assert p.is_file() and s.mask == ""
         assert s.label == int(p.name.split("_")[0])
         assert p.parent.name == ("val" if s.split == "val" else "train")
 
@@ -105,6 +107,11 @@ def test_class_folders_carve_val_and_test_deterministically(tmp_path: Path) -> N
     (src / "empty_class").mkdir()
     (src / "README.md").write_text("top-level non-image files are ignored")
     ds = index_folder(src, tmp_path / "raw", val_fraction=0.2, test_fraction=0.1, seed=3)
+
+    def under(ds, index: Path, folder: Path) -> set:
+        return {(resolve(index, s.image).resolve().relative_to(folder).as_posix(), s.split)
+                for s in ds.samples}  # fmt: skip
+
     assert ds.classes == ["axolotl", "cat", "dog"]
     assert counts(ds, "val") == {0: 2, 1: 2, 2: 4}
     assert counts(ds, "test") == {0: 1, 1: 1, 2: 2}
@@ -114,10 +121,10 @@ def test_class_folders_carve_val_and_test_deterministically(tmp_path: Path) -> N
     # Same folder contents elsewhere + same seed -> the same assignment; another seed differs.
     moved = Path(shutil.copytree(src, tmp_path / "elsewhere" / "pets"))
     ds2 = index_folder(moved, tmp_path / "raw2", val_fraction=0.2, test_fraction=0.1, seed=3)
-    rel = {(Path(s.image).relative_to(src).as_posix(), s.split) for s in ds.samples}
-    assert {(Path(s.image).relative_to(moved).as_posix(), s.split) for s in ds2.samples} == rel
+    rel = under(ds, tmp_path / "raw", src.resolve())
+    assert under(ds2, tmp_path / "raw2", moved.resolve()) == rel
     ds3 = index_folder(src, tmp_path / "raw3", val_fraction=0.2, test_fraction=0.1, seed=4)
-    assert {(Path(s.image).relative_to(src).as_posix(), s.split) for s in ds3.samples} != rel
+    assert under(ds3, tmp_path / "raw3", src.resolve()) != rel
 
 
 def test_split_then_class_folders(tmp_path: Path) -> None:
@@ -196,3 +203,24 @@ def test_fetch_stage_reports_a_missing_folder_in_one_line(tmp_path: Path) -> Non
     assert r.stderr.startswith("error: data.folder.path: no/such/folder does not exist")
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "data" / "raw").exists()
+
+
+@pytest.mark.slow
+def test_the_folder_is_a_dependency_and_a_moved_clone_reads_it(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"] = "folder"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    class_tree(root / "inputs/images", {"cat": 6, "dog": 6})
+    dvc("repro", "fetch", cwd=root)
+    assert len(read_index(root / "data/raw").samples) == 12
+    assert "fetch" not in dvc("status", "fetch", cwd=root).stdout
+    img(root / "inputs/images" / "cat" / "cat_extra.jpg")  # an added image: fetch is stale
+    assert "fetch" in dvc("status", "fetch", cwd=root).stdout
+    dvc("repro", "fetch", cwd=root)
+    assert len(read_index(root / "data/raw").samples) == 13
+    # a copy of the workspace elsewhere reads its own folder, not the original's
+    moved = Path(shutil.copytree(root, tmp_path / "elsewhere" / "p", symlinks=True))
+    shutil.rmtree(root)
+    ds = read_index(moved / "data/raw")
+    assert all(resolve(moved / "data/raw", s.image).is_file() for s in ds.samples)

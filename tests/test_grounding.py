@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlab.fused_attention import set_fused_attention
-from vitlab.grounding import grounding_scores, image_scores, metric_columns
-from vitlab.models import build_model
-from vitlab.rollout import METHODS, attention_maps
+from vitlab.maps.grounding import grounding_scores, image_scores
+from vitlab.maps.rollout import METHODS, attention_maps
+from vitlab.report import score_columns
+from vitlab.vit.fused_attention import set_fused_attention
+from vitlab.vit.models import build_model
 
 
 def test_pointing_is_a_hit_only_when_the_maximum_is_inside_the_mask():
@@ -61,7 +62,7 @@ def test_maps_are_upsampled_to_the_mask_before_scoring():
     assert 0.5 < s["energy"][0] < 1.0  # bilinear: most, not all, of the mass on the patch
 
 
-def test_metric_columns_name_each_method():
+def test_score_columns_name_each_method():
     scores = {
         "best_epoch": {
             m: {"pointing": 0.9, "energy": 0.5, "pointing_uniform": 0.2, "energy_uniform": 0.2,
@@ -69,7 +70,7 @@ def test_metric_columns_name_each_method():
             for m in ("rollout", "last_layer")
         }
     }  # fmt: skip
-    cols = metric_columns(scores)
+    cols = score_columns(scores)
     assert cols == {
         "best_epoch": {
             "pointing_rollout": 0.9,

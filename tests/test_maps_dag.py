@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from tests.conftest import dvc, run
-from vitlab.models import build_model, load_checkpoint
-from vitlab.rollout import METHODS, attention_maps
+from vitlab.core.contract import read_manifest
+from vitlab.maps.rollout import METHODS, attention_maps, upsample
+from vitlab.vit.models import build_model, load_checkpoint
 
 MODELS = {"M16": (4, 4), "M32": (2, 2)}  # the micro models' patch grids at 32 px
 VARIANTS = ("best_epoch", "uniform_soup", "greedy_soup")
@@ -29,10 +30,16 @@ def maps_project(micro_project, tmp_path_factory):
     return root
 
 
+def drawn(root, model: str) -> dict:
+    """(variant, method) -> the manifest's figure entry of render_attention@<model>."""
+    _, figures = read_manifest(root / f"reports/figures/{model}/attention")
+    return {(f.variant, f.method): f for f in figures}
+
+
 def load(root, model: str, variant: str) -> torch.nn.Module:
     net = build_model(f"vitlab_micro_{model[1:]}", num_classes=8, image_size=32)
-    path = json.loads((root / f"reports/figures/{model}/attention/drawn.json").read_text())
-    return load_checkpoint(net, root / path["variants"][variant]["checkpoint"]).eval()
+    checkpoint = drawn(root, model)[(variant, "rollout")].info["checkpoint"]
+    return load_checkpoint(net, root / checkpoint).eval()
 
 
 def test_stages_write_figures_raw_maps_and_scores_for_every_model(maps_project):
@@ -45,15 +52,20 @@ def test_stages_write_figures_raw_maps_and_scores_for_every_model(maps_project):
             assert sim.shape == (*grid, *grid)
             np.testing.assert_allclose(np.einsum("ijij->ij", sim), 1.0, atol=1e-5)  # self = 1
             assert (base / "positions" / f"positions_{variant}.png").stat().st_size > 1000
-        drawn = json.loads((base / "attention" / "drawn.json").read_text())
-        assert drawn["indices"] == list(range(8)) and drawn["grid"] == list(grid)
-        assert len(drawn["labels"]) == 8
-        for variant in VARIANTS:
-            assert len(drawn["variants"][variant]["predicted"]) == 8
-            for method in METHODS:
-                maps = np.load(base / "attention" / f"attention_{method}_{variant}.npy")
-                assert maps.shape == (8, *grid) and np.isfinite(maps).all()
-                assert (base / "attention" / f"attention_{method}_{variant}.png").stat().st_size
+        figures = drawn(root, model)
+        assert set(figures) == {(v, m) for v in VARIANTS for m in METHODS}
+        for (variant, method), f in figures.items():
+            assert f.images == tuple(range(8)) and f.info["grid_shape"] == list(grid)
+            assert len(f.info["labels"]) == len(f.info["predicted"]) == 8
+            on_grid = np.load(base / "attention" / f.info["grid"])
+            assert on_grid.shape == (8, *grid) and np.isfinite(on_grid).all()
+            shown = np.load(base / "attention" / f.maps)  # what is drawn and scored
+            assert shown.shape == (8, 32, 32)
+            np.testing.assert_allclose(shown, upsample(on_grid, (32, 32)).numpy(), atol=1e-6)
+            assert (
+                f.info["scores"] == json.loads((base / "scores.json").read_text())[variant][method]
+            )
+            assert (base / "attention" / f.png).stat().st_size > 1000
         scores = json.loads((base / "scores.json").read_text())
         assert set(scores) == set(VARIANTS)
         for variant in VARIANTS:
@@ -78,7 +90,7 @@ def test_a_soup_gives_its_own_maps_not_another_models(maps_project):
         again, _ = attention_maps(load(root, "M16", variant), x)  # reloaded from the same file
         for m in METHODS:
             torch.testing.assert_close(again[m], ours[variant][m], rtol=0, atol=0)
-            saved = torch.from_numpy(np.load(base / f"attention_{m}_{variant}.npy"))
+            saved = torch.from_numpy(np.load(base / f"attention_{m}_{variant}_grid.npy"))
             torch.testing.assert_close(saved, ours[variant][m], rtol=1e-5, atol=1e-6)
     for m in METHODS:
         assert (ours["best_epoch"][m] - ours["uniform_soup"][m]).abs().max() > 1e-4
@@ -98,8 +110,8 @@ def params_with(root, **maps):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"images": [0, 999]}, r"^error: maps.images: \[999\] out of range for the test split"),
-        ({"variants": ["soup_of_the_day"]}, r"^error: maps.variants: unknown variant"),
+        ({"images": [999]}, r"^error: maps.images \[999\]: none is inside the test split"),
+        ({"variants": ["soup_of_the_day"]}, r"^error: params.yaml: maps.variants.0: Input should"),
     ],
 )
 def test_bad_map_params_fail_in_one_line_and_leave_the_outputs(maps_project, change, message):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from pytorch_pretrained_vit import ViT
 
-from vitlab.errors import VitlabError
-from vitlab.fused_attention import explicit_attention, set_fused_attention
-from vitlab.models import build_model, load_checkpoint
+from vitlab.core.errors import VitlabError
+from vitlab.vit.fused_attention import explicit_attention, set_fused_attention
+from vitlab.vit.models import build_model, load_checkpoint
 
 RELEASED = {"B_16_imagenet1k": 577, "B_32_imagenet1k": 145, "L_16_imagenet1k": 577}
 
@@ -118,8 +118,9 @@ def test_released_weights_are_fetched_into_the_hub_cache_when_a_url_is_named(tmp
     import http.server
     import threading
 
-    from stages._model import fetch_weights
-    from vitlab.download import md5sum
+    from vitlab.core.config import Model
+    from vitlab.core.download import md5sum
+    from vitlab.vit.models import fetch_weights
 
     served = tmp_path / "www"
     served.mkdir()
@@ -132,9 +133,9 @@ def test_released_weights_are_fetched_into_the_hub_cache_when_a_url_is_named(tmp
     try:
         m = {"arch": "vitlab_micro_16", "pretrained": True, "weights": "", "weights_url": url}
         with pytest.raises(VitlabError, match="md5"):
-            fetch_weights({**m, "weights_md5": "0" * 32})
+            fetch_weights(Model(**m, weights_md5="0" * 32))
         assert not (tmp_path / "torch/hub/checkpoints/vitlab_micro_16.pth").exists()
-        fetch_weights({**m, "weights_md5": md5sum(served / "w.pth")})
+        fetch_weights(Model(**m, weights_md5=md5sum(served / "w.pth")))
         model = build_model("vitlab_micro_16", num_classes=8, image_size=32, pretrained=True)
         assert torch.equal(model.class_token, torch.load(served / "w.pth")["class_token"])
     finally:

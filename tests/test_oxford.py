@@ -26,9 +26,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from vitlab.errors import VitlabError
-from vitlab.oxford import class_name, fetch_oxford, parse_list
-from vitlab.rawdata import read_index
+from vitlab.core.errors import VitlabError
+from vitlab.sources.oxford import class_name, fetch_oxford, parse_list
+from vitlab.sources.rawdata import read_index
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = """#Image CLASS-ID SPECIES BREED ID
@@ -164,7 +164,7 @@ def test_class_name_and_list_parsing(tmp_path: Path) -> None:
 def test_fetch_indexes_the_official_layout(server, tmp_path: Path, caplog) -> None:
     base, hits, md5s = server
     out = tmp_path / "raw"
-    with caplog.at_level(logging.WARNING, logger="vitlab.oxford"):
+    with caplog.at_level(logging.WARNING, logger="vitlab.sources.oxford"):
         ds = fetch(base, md5s, tmp_path / "cache", out)
     assert ds.classes == CLASSES  # CLASS-ID - 1 order, names without the trailing _<index>
     assert ds.mask_format == "trimap" and ds.source == "oxford_pets"

@@ -83,3 +83,51 @@ def test_a_second_repro_is_a_no_op(micro_project):
     out = dvc("repro", cwd=micro_project).stdout
     assert "Running stage" not in out
     assert "Data and pipelines are up to date" in out
+
+
+def test_one_checkpoint_has_one_accuracy_everywhere(micro_project):
+    """Scored while training, by the greedy soup and by `evaluate`: the same number."""
+    root = micro_project
+    table = pd.read_csv(root / "reports/metrics.csv").set_index(["model", "variant"])
+    for m in MODELS:
+        history = json.loads((root / f"models/{m}/history.json").read_text())
+        by_epoch = {r["epoch"]: r for r in history["epochs"]}
+        report = json.loads((root / f"reports/eval/{m}.json").read_text())
+        for e in history["kept"]:
+            v = report["variants"][f"epoch_{e:03d}"]
+            assert v["val"]["accuracy"] == by_epoch[e]["val_acc"]
+            assert v["val"]["loss"] == by_epoch[e]["val_loss"]
+            assert table.loc[(m, f"epoch_{e:03d}"), "val_acc"] == round(by_epoch[e]["val_acc"], 6)
+        soups = json.loads((root / f"models/{m}/soups.json").read_text())
+        first = soups["greedy"]["steps"][0]
+        assert first["score"] == by_epoch[int(first["candidate"].split("_")[1])]["val_acc"]
+        greedy = report["variants"]["greedy_soup"]["val"]["accuracy"]
+        assert greedy == max(s["score"] for s in soups["greedy"]["steps"] if s["kept"])
+
+
+def test_each_variant_is_scored_on_its_own_weights(micro_project):
+    """Recompute every variant's val loss from its checkpoint: an evaluate that scored one
+    checkpoint for every variant (or the wrong split) fails here."""
+    from vitlab.core import config
+    from vitlab.prepared import load_meta, load_split
+    from vitlab.vit import runtime
+    from vitlab.vit.models import build_for, load_checkpoint
+    from vitlab.vit.scoring import evaluate
+
+    root = micro_project
+    params = config.load(root / "params.yaml")
+    rt = runtime.resolve(params.runtime)
+    meta = load_meta(root / "data/prepared")
+    splits = {s: load_split(root / "data/prepared", s) for s in ("val", "test")}
+    for m in MODELS:
+        report = json.loads((root / f"reports/eval/{m}.json").read_text())
+        model = build_for(params.models[m], num_classes=8, image_size=meta["image_size"])
+        losses = set()
+        for v in report["variants"].values():
+            load_checkpoint(model, root / v["checkpoint"])
+            for split, data in splits.items():
+                got = evaluate(model, data, 8, rt)
+                assert got["accuracy"] == v[split]["accuracy"]
+                assert abs(got["loss"] - v[split]["loss"]) < 1e-6
+            losses.add(round(v["val"]["loss"], 7))
+        assert len(losses) >= 3  # distinct weights, distinct losses

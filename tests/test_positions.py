@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab.figures import position_figure, position_mosaic
-from vitlab.models import build_model
-from vitlab.positions import model_position_similarity, position_similarity
+from vitlab.maps.figures import position_figure, position_mosaic
+from vitlab.maps.positions import model_position_similarity, position_similarity
+from vitlab.vit.models import build_model
 
 
 def row_col_embedding(rows: int, cols: int, dim: int | None = None) -> torch.Tensor:

@@ -61,7 +61,7 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path):
     assert 2 <= interrupted_at < EPOCHS, f"training was not interrupted mid-run ({interrupted_at})"
 
     rerun = dvc("repro", "train@M16", cwd=killed)
-    assert f"resuming from epoch {interrupted_at}" in rerun.stdout + rerun.stderr
+    assert f"resuming after epoch {interrupted_at}" in rerun.stdout + rerun.stderr
 
     a = json.loads((straight / "models/M16/history.json").read_text())
     b = json.loads((killed / "models/M16/history.json").read_text())

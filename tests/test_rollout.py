@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitlab.errors import VitlabError
-from vitlab.fused_attention import explicit_attention, is_fused, set_fused_attention
-from vitlab.models import build_model
-from vitlab.rollout import (
+from vitlab.core.errors import VitlabError
+from vitlab.maps.rollout import (
     HEAD_FUSIONS,
     METHODS,
     add_residual,
@@ -18,6 +16,8 @@ from vitlab.rollout import (
     grid_shape,
     rollout_matrix,
 )
+from vitlab.vit.fused_attention import explicit_attention, is_fused, set_fused_attention
+from vitlab.vit.models import build_model
 
 
 def tiny(image_size: int = 48, arch: str = "vitlab_micro_16", seed: int = 0) -> torch.nn.Module:

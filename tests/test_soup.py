@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitlab.errors import VitlabError
-from vitlab.models import build_model
+from vitlab.core.errors import VitlabError
 from vitlab.soup import greedy_soup, uniform_soup
+from vitlab.vit.models import build_model
 
 
 def _states(n: int) -> list[dict[str, torch.Tensor]]:
@@ -30,12 +30,18 @@ def test_uniform_soup_is_the_per_key_mean_with_dtypes_kept():
     assert not torch.equal(soup["patch_embedding.weight"], states[0]["patch_embedding.weight"])
 
 
-def test_uniform_soup_of_bf16_accumulates_in_float64():
-    a = {"w": torch.full((4,), 1.0, dtype=torch.bfloat16)}
-    b = {"w": torch.full((4,), 1.0078125, dtype=torch.bfloat16)}  # next bf16 after 1.0
-    soup = uniform_soup([a, a, b, b])
+def test_uniform_soup_of_bf16_is_the_exact_mean_rounded_once():
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(100_000, generator=gen).to(torch.bfloat16)} for _ in range(7)]
+    exact = (sum(s["w"].double() for s in states) / 7).to(torch.bfloat16)
+    in_bf16 = states[0]["w"].clone()
+    for s in states[1:]:
+        in_bf16 += s["w"]
+    in_bf16 /= 7
+    assert not torch.equal(in_bf16, exact)  # the data tells the two accumulations apart
+    soup = uniform_soup(states)
     assert soup["w"].dtype == torch.bfloat16
-    assert soup["w"][0].item() in (1.0, 1.0078125)  # the mean rounded once, not drifted
+    assert torch.equal(soup["w"], exact)
 
 
 def test_uniform_soup_refuses_mismatched_checkpoints():
@@ -56,12 +62,15 @@ def test_greedy_soup_adds_a_candidate_only_when_held_out_accuracy_does_not_drop(
         ("e2", {"w": torch.tensor([3.0])}, 0.90),
         ("e3", {"w": torch.tensor([9.0])}, 0.85),
     ]
-    scores = {2.0: 0.91, 6.0: 0.70}  # soup weight -> held-out accuracy
+    scores = {3.0: 0.88, 2.0: 0.91, 6.0: 0.70}  # soup weight -> held-out accuracy
     soup, ingredients, log = greedy_soup(cands, lambda s: scores[round(s["w"].item(), 4)])
     # ranked e2 (0.90), e3 (0.85), e1 (0.80): e2+e3 = 6.0 -> 0.70 rejected; e2+e1 = 2.0 -> 0.91 kept
     assert [s["candidate"] for s in log] == ["e2", "e3", "e1"]
     assert [s["kept"] for s in log] == [True, False, True]
     assert ingredients == ["e2", "e1"]
+    # every score comes from the scoring function, the first step's too (0.88, not the 0.90
+    # the candidate list carried)
+    assert [s["score"] for s in log] == [0.88, 0.70, 0.91]
     torch.testing.assert_close(soup["w"], torch.tensor([2.0]))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from vitlab.models import check_compatible
+from vitlab.vit.models import check_compatible
 
 StateDict = dict[str, torch.Tensor]
 
@@ -43,14 +43,15 @@ def greedy_soup(
 ) -> tuple[StateDict, list[str], list[dict]]:
     """Greedy soup over (name, state, held-out accuracy) candidates.
 
-    Returns the soup, the names of its ingredients, and a log of every step (candidate,
-    the soup's score with it, whether it was kept).
+    The candidates' accuracies only order them; every score the rule compares comes from
+    `score`. Returns the soup, the names of its ingredients, and a log of every step
+    (candidate, the soup's score with it, whether it was kept).
     """
     ranked = sorted(candidates, key=lambda c: -c[2])
-    first_name, first_state, first_score = ranked[0]
+    first_name, first_state, _ = ranked[0]
     ingredients, states = [first_name], [first_state]
-    best = first_score
-    log = [{"candidate": first_name, "score": first_score, "kept": True}]
+    best = score(uniform_soup([first_state]))  # every step through `score`, the first included
+    log = [{"candidate": first_name, "score": best, "kept": True}]
     for name, state, _ in ranked[1:]:
         trial = score(uniform_soup([*states, state]))
         kept = trial >= best

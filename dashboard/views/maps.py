@@ -1,8 +1,10 @@
-"""Maps: position-embedding similarity, attention maps per method with their pointing and energy
-scores, and the captioner's captions with per-word maps and caption metrics.
+"""Maps: position-embedding similarity, attention maps with their pointing and energy scores,
+and captions with one map per generated word.
 
-Figures are discovered by glob under reports/figures/<M>/ and reports/captions/ (the stages that
-write them land independently), so whatever exists is shown and whatever does not is named.
+Everything comes from the render stages' manifest.json: each figure's PNG and the `maps` array
+the stage drew and scored, shown as it is (one pixel per value), never re-derived here. Every
+folder outside reports/figures/ whose manifest holds caption figures is a captioner to show, so
+a second captioner writing the same manifest appears beside the first.
 """
 
 from __future__ import annotations
@@ -12,270 +14,168 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, figures, ui
+from dashboard import ui
+from vitlab.core import contract
 
-SCORE_LABELS = {"pointing": "pointing game", "energy": "energy in object"}
-
-
-def pick(label: str, options: list[str], key: str, fmt=None) -> str:
-    """A selectbox, or nothing to choose when there is a single option."""
-    if len(options) == 1:
-        return options[0]
-    return st.selectbox(label, options, key=key, format_func=fmt or (lambda x: x or "(none)"))
+SCORES = {"pointing": "pointing game", "energy": "energy in the object"}
 
 
-def raw_map(rel: str, key: str) -> None:
-    """A download button for the raw array beside a figure."""
-    path = ui.root() / rel
-    st.download_button(
-        f"Raw map {path.name}",
-        path.read_bytes(),
-        file_name=path.name,
-        mime="application/octet-stream",
-        key=key,
-        icon=":material/download:",
-    )
+def score_metrics(scores: dict) -> None:
+    """A map's pointing and energy over the whole split, each against a uniform map's."""
+    for col, (key, label) in zip(st.columns(len(SCORES)), SCORES.items(), strict=True):
+        value, uniform = scores[key], scores[f"{key}_uniform"]
+        col.metric(label, f"{value:.3f}", delta=f"{value - uniform:+.3f} vs uniform")
+    st.caption(f"over all {scores['n']} images of the split")
 
 
-def score_metrics(numbers: dict[str, float]) -> None:
-    """Pointing and energy next to a uniform map's values."""
-    shown = [k for k in SCORE_LABELS if k in numbers]
-    if not shown:
-        st.caption("no pointing/energy score recorded for this map")
+def positions_tab(model: str) -> None:
+    folder, command = contract.positions_dir(model), f"dvc repro render_positions@{model}"
+    got = ui.manifest(folder, command, lambda figs: {f.variant: f for f in figs})
+    if got is None:
         return
-    cols = st.columns(len(shown))
-    for col, key in zip(cols, shown, strict=True):
-        value, uniform = numbers[key], numbers.get(f"{key}_uniform")
-        delta = None if uniform is None else f"{value - uniform:+.3f}"
-        hint = None if uniform is None else f"Δ against a uniform map, which scores {uniform:.3f}"
-        col.metric(SCORE_LABELS[key], f"{value:.3f}", delta=delta, help=hint)
-    if "n" in numbers:
-        st.caption(f"over all {int(numbers['n'])} images of the split; Δ = minus a uniform map")
+    by = got[1]
+    fig = by[st.selectbox("Variant", list(by), key="mp_pos_variant")]
+    left, right = st.columns([3, 2])
+    left.image(str(ui.root() / folder / fig.png), caption=fig.title, width="stretch")
+    square = lambda a: a.reshape(a.shape[:2] * 2)  # noqa: E731  (rows, cols, rows, cols)
+    sim = ui.get(folder / fig.maps, command, square)
+    if sim is not None:
+        with right:
+            r = st.slider("Patch row", 0, sim.shape[0] - 1, 0, key="mp_pos_row")
+            c = st.slider("Patch column", 0, sim.shape[1] - 1, 0, key="mp_pos_col")
+            ui.show_map(sim[r, c], f"cosine similarity of patch ({r}, {c}) with each", "pos")
 
 
-def positions_tab(model: str, figs: list[figures.Figure]) -> None:
-    pos = [f for f in figs if f.group == "positions"]
-    if not pos:
-        st.info(
-            f"No position-embedding figure under `{data.FIGURES_DIR}/{model}/` "
-            f"(positions_<variant>.png). Run `dvc repro` (stage render_positions@{model})."
-        )
+def drawn(figs: list[contract.Figure]) -> tuple[list[contract.Figure], pd.DataFrame]:
+    """The attention figures and their scores table; each figure's image labels checked."""
+    for f in figs:
+        lengths = {len(f.images), len(f.info["labels"]), len(f.info["predicted"])}
+        if len(lengths) != 1:
+            raise ValueError(f"{f.png}: images, labels and predicted differ in length")
+    rows = [
+        {
+            "variant": f.variant,
+            "method": f.method,
+            **{k: f.info["scores"][k] for k in contract.SCORE_KEYS},
+        }
+        for f in figs
+    ]
+    return figs, pd.DataFrame(rows)
+
+
+def attention_tab(model: str) -> None:
+    folder, command = contract.attention_dir(model), f"dvc repro render_attention@{model}"
+    got = ui.manifest(folder, command, drawn)
+    if got is None:
         return
-    variant = pick("Variant", data.variant_order({f.variant for f in pos}), "mp_pos_variant")
-    fig = next(f for f in pos if f.variant == variant)
-    left, _ = st.columns([3, 2])
-    with left:
-        st.image(
-            str(ui.root() / fig.path),
-            caption=f"{model} · {variant}: cosine similarity of each patch's position embedding "
-            "with every other patch (one tile per patch, one colour scale)",
-            width="stretch",
-        )
-        if fig.npy:
-            raw_map(fig.npy, "mp_pos_npy")
-
-
-def method_scores(
-    scores: dict, table: pd.DataFrame | None, model: str, method: str, variant: str
-) -> dict[str, float]:
-    found = figures.scores_for(scores, method, variant)
-    if not found and table is not None:
-        found = figures.csv_scores(table, model, variant, method)
-    return found
-
-
-def attention_tab(model: str, figs: list[figures.Figure], table: pd.DataFrame | None) -> None:
-    att = [f for f in figs if f.group == "attention"]
-    if not att:
-        st.info(
-            f"No attention map under `{data.FIGURES_DIR}/{model}/` "
-            f"(attention_<method>_<variant>.png). Run `dvc repro` (stage render_attention@{model})."
-        )
-        return
-    scores = ui.load(figures.read_scores, [f"{data.FIGURES_DIR}/{model}/scores.json"], model)
-    if ui.is_problem(scores):
-        ui.notice(scores)
-        scores = {}
-    drawn = ui.load(figures.read_drawn, [f"{data.FIGURES_DIR}/{model}/attention/drawn.json"], model)
-    if ui.is_problem(drawn):
-        ui.notice(drawn)
-        drawn = {}
+    figs, scores = got[1]
+    with st.expander("Scores of every drawn variant and method (the whole split)"):
+        st.dataframe(scores, hide_index=True)
     c1, c2 = st.columns(2)
-    with c1:
-        variant = pick("Variant", data.variant_order({f.variant for f in att}), "mp_att_variant")
-    chosen = [f for f in att if f.variant == variant]
-    with c2:
-        view = st.radio(
-            "Show", ["All drawn images", "One image"], horizontal=True, key="mp_att_view"
-        )
-    methods = sorted({f.method for f in chosen})
-    with_npy = [f for f in chosen if f.npy]
-    if view == "One image" and with_npy:
-        shape = ui.load(figures.npy_shape, [with_npy[0].npy], with_npy[0].npy)
-        count = shape[0] if not ui.is_problem(shape) and len(shape) == 3 else 0
-        labels = figures.image_labels(drawn, variant, count)
-        position = st.selectbox(
-            "Image", range(count), format_func=lambda i: labels[i], key="mp_att_image"
-        )
-        indices = drawn.get("indices") or []
-        index = indices[position] if position is not None and position < len(indices) else -1
-        split = str(drawn.get("split") or "")
-        cols = st.columns(min(3, len(with_npy)))
-        for i, fig in enumerate(with_npy):
-            with cols[i % len(cols)]:
-                st.markdown(f"**{fig.method}**")
-                patterns = [fig.npy, f"{figures.PREPARED_DIR}/{split}/images.npy"]
-                panel = ui.load(figures.map_overlay, patterns, fig.npy, position or 0, split, index)
-                if ui.is_problem(panel):
-                    ui.notice(panel)
-                    continue
-                st.image(panel, caption=f"{labels[position or 0]} · {fig.method}", width="stretch")
-                score_metrics(method_scores(scores, table, model, fig.method, variant))
-        if index < 0 or not (ui.root() / figures.PREPARED_DIR / split / "images.npy").is_file():
-            st.caption(
-                "The maps are shown alone: the images themselves "
-                f"(`{figures.PREPARED_DIR}/<split>/images.npy`) are not in this checkout."
-            )
-    else:
-        if view == "One image":
-            st.caption("These figures have no raw maps (.npy) beside them; showing the figures.")
-        for method in methods:
-            fig = next(f for f in chosen if f.method == method)
-            st.markdown(f"**{method}** · {model} · {variant}")
-            score_metrics(method_scores(scores, table, model, method, variant))
-            st.image(str(ui.root() / fig.path), width="stretch")
-            if fig.npy:
-                raw_map(fig.npy, f"mp_att_npy_{method}")
-    if scores:
-        with st.expander(f"All scores in {data.FIGURES_DIR}/{model}/scores.json"):
-            st.dataframe(figures.scores_frame(scores), hide_index=True)
-
-
-def other_tab(figs: list[figures.Figure]) -> None:
-    other = [f for f in figs if f.group == "other"]
-    name = st.selectbox("Figure", [f.path for f in other], key="mp_other")
-    st.image(str(ui.root() / name), caption=Path(name).name, width="stretch")
-
-
-def caption_metrics(caps: figures.Captions, table: pd.DataFrame | None) -> None:
-    decodings = figures.decoding_table(caps.metrics)
-    if not decodings.empty:
-        st.markdown(
-            f"**Caption metrics** over {caps.metrics.get('images', '?')} "
-            f"{caps.metrics.get('split', 'test')} images (`{data.CAPTIONS_DIR}/metrics.json`)"
-        )
-        head = str(caps.metrics.get("headline") or decodings["decoding"].iloc[0])
-        row = decodings[decodings["decoding"] == head]
-        row = (row if not row.empty else decodings).iloc[0]
-        keys = [k for k in ("bleu_1", "bleu_4", "cider_d", "exact_match") if k in row]
-        cols = st.columns(len(keys) + 2)
-        for col, key in zip(cols, keys, strict=False):
-            col.metric(f"{key} ({row['decoding']})", f"{row[key]:.4f}")
-        ground = figures.grounding_numbers(caps.metrics)
-        for col, key in zip(cols[len(keys) :], ("mass", "pointing"), strict=False):
-            if key in ground:
-                uniform = ground.get(f"{key}_uniform")
-                delta = None if uniform is None else f"{ground[key] - uniform:+.3f} vs uniform"
-                col.metric(f"object words: {key}", f"{ground[key]:.3f}", delta=delta)
-        fmt = {c: st.column_config.NumberColumn(format="%.4f") for c in decodings.columns[1:]}
-        st.dataframe(decodings, hide_index=True, column_config=fmt)
-    elif caps.metrics:
-        flat = data.flatten(caps.metrics)
-        st.dataframe(
-            pd.DataFrame({"metric": list(flat), "value": [str(v) for v in flat.values()]}),
-            hide_index=True,
-        )
-    if table is not None:
-        rows = figures.captioner_rows(table)
-        if not rows.empty:
-            with st.expander(f"Captioner rows of `{data.METRICS_CSV}`"):
-                st.dataframe(rows, hide_index=True, placeholder="—")
-
-
-def captions_tab(table: pd.DataFrame | None) -> None:
-    caps = ui.load(figures.discover_captions, [f"{data.CAPTIONS_DIR}/**/*"])
-    if ui.is_problem(caps):
-        ui.notice(caps)
+    variants = list(dict.fromkeys(f.variant for f in figs))
+    variant = c1.selectbox("Variant", variants, key="mp_att_variant")
+    view = c2.radio("Show", ["Figures", "Maps as scored"], horizontal=True, key="mp_att_view")
+    chosen = [f for f in figs if f.variant == variant]
+    if view == "Figures":
+        for f in chosen:
+            score_metrics(f.info["scores"])
+            st.image(str(ui.root() / folder / f.png), caption=f.title, width="stretch")
         return
-    for p in caps.problems:
-        ui.notice(p)
-    if not caps.files:
-        st.info(
-            f"`{data.CAPTIONS_DIR}/` is missing: run `dvc repro` (stages fetch_captions, "
-            "train_captioner, render_captions) to train the captioner and render its "
-            "words-to-patches maps."
-        )
+    first = chosen[0]
+    labels = [
+        f"#{i} · {t} → {p}"
+        for i, t, p in zip(first.images, first.info["labels"], first.info["predicted"], strict=True)
+    ]
+    k = st.selectbox(
+        "Image", range(len(labels)), format_func=labels.__getitem__, key="mp_att_image"
+    )
+    for col, f in zip(st.columns(len(chosen)), chosen, strict=True):
+        with col:
+            one = ui.get(folder / f.maps, command, lambda a: a[k])
+            if one is not None:
+                ui.show_map(one, f"{contract.MAP_METHODS[f.method]} · {labels[k]}", f.method)
+                score_metrics(f.info["scores"])
+
+
+def captions(figs: list[contract.Figure]) -> list[contract.Figure]:
+    """The caption figures, each with its caption and one token per map row."""
+    figs = [f for f in figs if f.group == "captions"]
+    for f in figs:
+        if not (f.info["caption"], f.info["tokens"], f.images):
+            raise ValueError(f"{f.png}: no caption, tokens or image index")
+    return figs
+
+
+def caption_sets() -> list[tuple[Path, dict, list[contract.Figure]]]:
+    """(folder, about, caption figures) of every manifest with caption figures under reports/."""
+    out = []
+    for path in sorted((ui.root() / contract.REPORTS).glob(f"**/{contract.MANIFEST}")):
+        folder = path.parent.relative_to(ui.root())
+        if contract.FIGURES in folder.parents:  # the classifiers' figures, shown above
+            continue
+        got = ui.manifest(folder, "dvc repro", captions)
+        if got is not None and got[1]:
+            out.append((folder, *got))
+    return out
+
+
+def captions_tab() -> None:
+    sets = caption_sets()
+    if not sets:
+        rel = contract.CAPTION_FIGURES / contract.MANIFEST
+        ui.show(ui.Notice(f"`{rel}` is missing: run `dvc repro render_captions`.", True))
         return
-    st.caption("The captioner is one model of its own; the model picked above does not apply.")
-    caption_metrics(caps, table)
-    if caps.figures:
-        names = [f.name for f in caps.figures]
-        by_name = {f.name: f for f in caps.figures}
-
-        def label(name: str) -> str:
-            text = by_name[name].meta.get("caption")
-            return f"{name} — {text}" if text else name
-
-        name = st.selectbox("Image", names, format_func=label, key="mp_cap_image")
-        fig = by_name[name]
-        if fig.meta.get("caption"):
-            st.markdown(f"**Generated:** {fig.meta['caption']}")
-        if fig.meta.get("reference"):
-            st.markdown(f"**Reference:** {fig.meta['reference']}")
-        st.image(
-            str(ui.root() / fig.png),
-            caption="one panel per generated token (<end> included): the last decoder layer's "
-            "cross-attention over the image patches",
-            width="stretch",
+    st.caption("A captioner is a model of its own: the model picked above does not apply.")
+    names = [about.get("model", str(folder)) for folder, about, _ in sets]
+    folder, about, figs = sets[names.index(st.radio("Captioner", names, key="mp_cap_model"))]
+    table = ui.metrics(notify=False)
+    if table is not None and (table["model"] == about.get("model")).any():
+        rows = table[table["model"] == about.get("model")].dropna(axis=1, how="all")
+        st.dataframe(rows, hide_index=True)
+    k = st.selectbox(
+        "Image",
+        range(len(figs)),
+        key="mp_cap_image",
+        format_func=lambda i: f"#{figs[i].images[0]} — {figs[i].title}",
+    )
+    fig = figs[k]
+    st.markdown(f"**Generated:** {fig.info['caption']}")
+    if fig.info.get("reference"):
+        st.markdown(f"**Reference:** {fig.info['reference']}")
+    left, right = st.columns([3, 2])
+    left.image(str(ui.root() / folder / fig.png), caption=fig.title, width="stretch")
+    tokens, ids = fig.info["tokens"], fig.info.get("token_ids")
+    with right:
+        t = st.radio(
+            "Word",
+            range(len(tokens)),
+            format_func=tokens.__getitem__,
+            horizontal=True,
+            key="mp_cap_word",
         )
-        if fig.npy:
-            raw_map(fig.npy, "mp_cap_npy")
-    else:
-        st.info(
-            f"No caption figure under `{data.CAPTIONS_DIR}/figures/`: run `dvc repro` "
-            "(stage render_captions) with images listed in captions.render.images."
-        )
-    if caps.records:
-        with st.expander(f"All generated captions ({len(caps.records)})"):
-            st.dataframe(pd.DataFrame(caps.records).astype(str), hide_index=True)
+        command = f"dvc repro {about.get('stage', 'render_captions')}"
+        one = ui.get(folder / fig.maps, command, lambda a: a[t])
+        if one is not None:
+            word = f"'{tokens[t]}'" + (f" (id {ids[t]})" if ids else "")
+            ui.show_map(one, f"attention while generating {word}", "cap")
 
 
 def main() -> None:
     ui.page_header("Maps", "position embeddings, attention maps and caption maps")
-    root = ui.root()
-    models = data.pick_models(data.study_models(root), figures.figure_models(root))
-    table = ui.load(data.read_metrics_table, [data.METRICS_CSV])
-    table = None if ui.is_problem(table) else table
-    figs: list[figures.Figure] = []
-    model = ""
-    if models:
-        model = st.selectbox("Model", models, key="mp_model")
-        found = ui.load(figures.discover_figures, [f"{data.FIGURES_DIR}/{model}/**/*"], model)
-        figs = [] if ui.is_problem(found) else found
-    tab_pos, tab_att, tab_cap, tab_other = st.tabs(
-        ["Position embeddings", "Attention maps", "Captions", "Other figures"]
-    )
-    missing = (
-        f"No figures yet: `{data.FIGURES_DIR}/<model>/` is missing. Run `dvc repro` (stages "
-        "render_positions@<model> and render_attention@<model>) to render them."
-    )
-    with tab_pos:
-        if model:
-            positions_tab(model, figs)
-        else:
-            st.info(missing)
-    with tab_att:
-        if model:
-            attention_tab(model, figs, table)
-        else:
-            st.info(missing)
-    with tab_cap:
-        captions_tab(table)
-    with tab_other:
-        if any(f.group == "other" for f in figs):
-            other_tab(figs)
-        else:
-            st.caption("Figures whose names match no known pattern would appear here.")
+    ui.pixelated()
+    models = ui.models()
+    model = st.selectbox("Model", models, key="mp_model") if models else None
+    if model:
+        ran = ui.architectures(ui.metrics(notify=False)).get(model)
+        st.caption(f"{model} ran {ran}" if ran else f"{model} is not evaluated yet")
+    tabs = st.tabs(["Position embeddings", "Attention maps", "Captions"])
+    if model:
+        with tabs[0]:
+            positions_tab(model)
+        with tabs[1]:
+            attention_tab(model)
+    with tabs[2]:
+        captions_tab()
 
 
 main()

@@ -1,143 +1,120 @@
-"""Per-class: accuracy per class and the confusion matrix of any model variant and split.
+"""Per-class: accuracy per class and the confusion matrix of any model, variant and split.
 
-Reads reports/eval/<M>.json (every kept epoch, best epoch and both soups on val and test).
+Reads reports/eval/<M>.json (every kept epoch, the best epoch and both soups on val and test).
 """
 
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import ui
+from vitlab.core import contract
 
-SPLITS = ["test", "val"]
+
+def frames(report: dict) -> dict[tuple[str, str], tuple[dict, pd.DataFrame, pd.DataFrame]]:
+    """{(variant, split): (scores, per-class table, confusion cells)} of an eval report."""
+    classes = [str(c) for c in report["classes"]]
+    out = {}
+    for name, v in report["variants"].items():
+        for split in contract.EVAL_SPLITS:
+            s = v[split]
+            conf = pd.DataFrame(s["confusion"], index=classes, columns=classes).astype(int)
+            off = conf.mask(np.eye(len(classes), dtype=bool), 0)  # the confusions only
+            table = pd.DataFrame(
+                {
+                    "class": classes,
+                    "accuracy": [float(a) for a in s["per_class_accuracy"]],
+                    "correct": [int(conf.loc[c, c]) for c in classes],
+                    "support": conf.sum(axis=1).tolist(),
+                    "most confused with": [
+                        off.loc[c].idxmax() if off.loc[c].max() > 0 else "" for c in classes
+                    ],
+                }
+            )
+            cells = (
+                conf.rename_axis("true")
+                .reset_index()
+                .melt("true", var_name="predicted", value_name="count")
+            )
+            cells["share"] = cells["count"] / cells.groupby("true")["count"].transform("sum")
+            about = {"accuracy": s["accuracy"], "loss": s["loss"], "epochs": v["epochs"]}
+            out[(name, split)] = (about, table, cells)
+    return out
 
 
-def accuracy_chart(frame, title: str) -> alt.Chart:
-    height = max(200, 22 * len(frame))
+def accuracy_chart(table: pd.DataFrame, title: str) -> alt.Chart:
     return (
-        alt.Chart(frame, title=title, height=height)
+        alt.Chart(table, title=title, height=max(200, 22 * len(table)))
         .mark_bar()
         .encode(
-            y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
-            x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            y=alt.Y("class:N", sort="-x", title=None),
+            x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color(
                 "accuracy:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), legend=None
             ),
-            tooltip=[
-                "class",
-                alt.Tooltip("accuracy:Q", format=".4f"),
-                "correct",
-                "support",
-                "most confused with",
-            ],
+            tooltip=list(table.columns),
         )
     )
 
 
-def confusion_chart(frame, normalise: bool, classes: list[str]) -> alt.Chart:
-    """Non-zero cells only (a clean diagonal), every class on both axes, counts printed when
-    there is room."""
-    cell = 22 if len(classes) <= 16 else 16
-    font = 11 if len(classes) <= 16 else 9
-    x = alt.X(
-        "predicted:N",
-        scale=alt.Scale(domain=classes),
-        title="predicted",
-        axis=alt.Axis(labelOverlap=False, labelAngle=-60, labelFontSize=font),
-    )
-    y = alt.Y(
-        "true:N",
-        scale=alt.Scale(domain=classes),
-        title="true",
-        axis=alt.Axis(labelOverlap=False, labelFontSize=font),
-    )
-    base = alt.Chart(
-        frame,
-        width=alt.Step(cell),
-        height=alt.Step(cell),
-        title="Confusion matrix (rows: true class)",
-    )
-    cells = (
-        base.transform_filter(alt.datum.count > 0)
-        .mark_rect(stroke="white", strokeWidth=0.5)
-        .encode(
-            x=x,
-            y=y,
-            color=alt.Color(
-                "value:Q",
-                scale=alt.Scale(scheme="blues", domainMin=0),
-                title="share of row" if normalise else "count",
-            ),
-            tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")],
+def confusion_chart(cells: pd.DataFrame, classes: list[str], normalise: bool) -> alt.Chart:
+    """Non-zero cells only, every class on both axes, the counts printed."""
+    axis = {"scale": alt.Scale(domain=classes), "axis": alt.Axis(labelOverlap=False)}
+    base = (
+        alt.Chart(
+            cells,
+            width=alt.Step(22),
+            height=alt.Step(22),
+            title="Confusion matrix (rows: true class)",
         )
+        .transform_filter(alt.datum.count > 0)
+        .encode(x=alt.X("predicted:N", **axis), y=alt.Y("true:N", **axis))
     )
-    text = (
-        base.transform_filter(alt.datum.count > 0)
-        .mark_text(fontSize=font)
-        .encode(
-            x=x,
-            y=y,
-            text=alt.Text("count:Q"),
-            color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")),
-        )
+    colour = alt.Color("share:Q" if normalise else "count:Q", scale=alt.Scale(scheme="blues"))
+    rects = base.mark_rect().encode(
+        color=colour, tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")]
     )
-    return cells + text
+    return rects + base.mark_text().encode(text="count:Q")
 
 
 def main() -> None:
     ui.page_header("Per-class", "per-class accuracy and confusion matrix of any variant")
-    root = ui.root()
-    models = data.pick_models(data.study_models(root), data.eval_models(root))
+    models = ui.models()
     if not models:
-        st.info(
-            f"No evaluations yet: `{data.EVAL_DIR}/<model>.json` is missing. Run `dvc repro` "
-            "(stage evaluate@<model>) to evaluate the epochs and soups."
-        )
         return
     c1, c2, c3 = st.columns([2, 2, 1])
     model = c1.selectbox("Model", models, key="pc_model")
-    report = ui.load(data.read_eval, [f"{data.EVAL_DIR}/{model}.json"], model)
-    if ui.is_problem(report):
-        ui.notice(report)
+    report = ui.get(
+        contract.eval_report(model), f"dvc repro evaluate@{model}", lambda r: (r, frames(r))
+    )
+    if report is None:
         return
-    variants = data.variant_order(report["variants"])
-    variant = c2.selectbox("Variant", variants, key="pc_variant")
-    split = c3.radio("Split", SPLITS, horizontal=True, key="pc_split")
-    normalise = st.toggle("Normalise confusion rows", value=False, key="pc_norm")
-
-    s = report["variants"][variant][split]
-    v = report["variants"][variant]
+    report, by = report
+    arch = report.get("architecture", {})
+    st.caption(
+        f"{model} ran {arch.get('arch')}, {arch.get('image_size')} px images, "
+        f"patch {arch.get('patch')}"
+    )
+    variant = c2.selectbox("Variant", ui.variant_order(report["variants"]), key="pc_variant")
+    split = c3.radio("Split", contract.EVAL_SPLITS[::-1], horizontal=True, key="pc_split")
+    normalise = st.toggle("Colour by share of the true class", value=False, key="pc_norm")
+    about, table, cells = by[(variant, split)]
     m1, m2, m3 = st.columns(3)
-    m1.metric(f"{split} accuracy", data.fmt_acc(s["accuracy"]))
-    m2.metric(f"{split} loss", data.fmt_acc(s.get("loss")))
-    m3.metric("epochs", ", ".join(map(str, v.get("epochs", []))) or "—")
-
-    frame = data.per_class_frame(report, variant, split)
-    classes = [str(c) for c in report["classes"]]
+    m1.metric(f"{split} accuracy", f"{about['accuracy']:.4f}")
+    m2.metric(f"{split} loss", f"{about['loss']:.4f}")
+    m3.metric("epochs", ", ".join(map(str, about["epochs"])))
     left, right = st.columns([2, 3])
-    left.altair_chart(
-        accuracy_chart(frame, f"Per-class accuracy · {model} {variant} ({split})"),
-        width="stretch",
+    left.altair_chart(accuracy_chart(table, f"{model} {variant} ({split})"), width="stretch")
+    right.dataframe(
+        table.sort_values(["accuracy", "class"]),
+        hide_index=True,
+        column_config={"accuracy": st.column_config.ProgressColumn(format="%.3f", max_value=1.0)},
     )
-    with right:
-        st.markdown("**Per-class table** (lowest accuracy first)")
-        st.dataframe(
-            frame.sort_values(["accuracy", "class"]),
-            hide_index=True,
-            height=min(38 + 35 * len(frame), 700),
-            column_config={
-                "accuracy": st.column_config.ProgressColumn(
-                    format="%.3f", min_value=0.0, max_value=1.0
-                )
-            },
-        )
-    st.altair_chart(
-        confusion_chart(
-            data.confusion_frame(report, variant, split, normalise), normalise, classes
-        ),
-        width="content",
-    )
+    classes = [str(c) for c in report["classes"]]
+    st.altair_chart(confusion_chart(cells, classes, normalise), width="content")
 
 
 main()

@@ -1,7 +1,6 @@
-"""Training: per-epoch curves of every model overlaid, the selected epochs marked.
+"""Training: per-epoch curves of every model of params.yaml overlaid, the selected epochs ringed.
 
-Reads reports/train/<M>/plots/metrics/*.tsv (dvclive), falling back to models/<M>/history.json,
-and models/<M>/selection.json for the epochs averaged into the soups.
+Reads reports/train/<M>/plots/metrics/<curve>.tsv (dvclive) and models/<M>/selection.json.
 """
 
 from __future__ import annotations
@@ -10,125 +9,85 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import ui
+from vitlab.core import contract
 
-TITLES = {
-    "train_loss": "train loss",
-    "val_loss": "val loss",
-    "val_acc": "val accuracy",
-    "lr": "learning rate",
-}
+CHARTS = (  # (title, curves): the selected epochs are ringed on the first curve of each
+    ("Loss (dashed: train)", ["val_loss", "train_loss"]),
+    ("Validation accuracy", ["val_acc"]),
+    ("Learning rate", ["lr"]),
+)
 
 
-def curve_chart(curves: pd.DataFrame, metrics: list[str], title: str, y_title: str) -> alt.Chart:
-    """Lines per model (dashed = train), selected epochs as large ringed points."""
-    df = curves[curves["metric"].isin(metrics)].assign(series=lambda d: d["metric"].map(TITLES))
-    base = alt.Chart(df, title=title).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
-        color=alt.Color("model:N", title="model", scale=alt.Scale(scheme="tableau10")),
+def curve_chart(df: pd.DataFrame, title: str, curves: list[str]) -> alt.Chart:
+    """Lines per model (dashed = train), the selected epochs as large rings on curves[0]."""
+    sub = df[df["curve"].isin(curves)]
+    base = alt.Chart(sub, title=title).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        color=alt.Color("model:N", scale=alt.Scale(scheme="tableau10")),
     )
-    dash = alt.StrokeDash(
-        "series:N",
-        title="curve",
-        scale=alt.Scale(domain=["train loss", "val loss"], range=[[6, 4], [1, 0]]),
-        legend=None,  # the chart's title says which is dashed
+    lines = base.mark_line(point=True).encode(
+        detail="curve:N",
+        strokeDash=alt.StrokeDash("curve:N", legend=None, sort=curves),
+        tooltip=["model", "curve", "epoch", alt.Tooltip("value:Q", format=".4f")],
     )
-    lines = base.mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        detail="series:N",
-        tooltip=["model", "series", "epoch", alt.Tooltip("value:Q", format=".4f")],
-    )
-    if len(metrics) > 1:
-        lines = lines.encode(strokeDash=dash)
-    marks = (
-        base.transform_filter(alt.datum.selected)
+    rings = (
+        base.transform_filter((alt.datum.curve == curves[0]) & alt.datum.selected)
         .mark_point(size=160, filled=False, strokeWidth=2.5)
-        .encode(
-            shape=alt.value("circle"),
-            tooltip=["model", "series", "epoch", "rank", alt.Tooltip("value:Q", format=".4f")],
-        )
+        .encode(tooltip=["model", "epoch", "rank", alt.Tooltip("value:Q", format=".4f")])
     )
-    if len(metrics) > 1:  # mark the selected epochs on the val curve only
-        marks = marks.transform_filter(alt.datum.metric == "val_loss")
-    return alt.layer(lines, marks)
+    return alt.layer(lines, rings)
+
+
+def model_curves(model: str) -> pd.DataFrame | None:
+    """Every curve of one model with the selected epochs' rank (None elsewhere)."""
+    command = f"dvc repro train@{model}"
+    if not (ui.root() / contract.train_curves(model)).is_dir():
+        ui.show(ui.Notice(f"`{contract.train_curves(model)}/` is missing: run `{command}`.", True))
+        return None
+    frames = []
+    for curve in contract.CURVES:
+        got = ui.get(
+            contract.curve_file(model, curve), command, lambda t, c=curve: ui.curve_frame(t, c)
+        )
+        if got is not None:
+            frames.append(got)
+    if not frames:
+        return None
+    ranked = ui.selected_epochs(model) or []
+    df = pd.concat(frames, ignore_index=True).assign(model=model)
+    rank = df["epoch"].map({e: i + 1 for i, e in enumerate(ranked)})
+    return df.assign(rank=rank.astype("Int64"), selected=rank.notna())
 
 
 def main() -> None:
     ui.page_header("Training", "per-epoch curves of every model; rings mark the selected epochs")
-    root = ui.root()
-    models = data.pick_models(data.study_models(root), data.curve_models(root))
+    models = ui.models()
     if not models:
-        st.info(
-            f"No training curves yet: `{data.TRAIN_DIR}/<model>/` is missing. Run `dvc repro` "
-            "(stage train@<model>) to train the models and log their curves."
-        )
         return
-    for model in data.study_models(root):
-        if model not in models:
-            st.info(f"`{data.TRAIN_DIR}/{model}/` is missing: run `dvc repro train@{model}`.")
     pick = st.multiselect("Models", models, default=models, key="tr_models")
-
-    frames, selections = [], {}
-    for model in pick:
-        patterns = [f"{data.TRAIN_DIR}/{model}/plots/metrics/*.tsv", f"models/{model}/history.json"]
-        result = ui.load(data.read_curves, patterns, model)
-        if ui.is_problem(result):
-            ui.notice(result)
-            continue
-        curves, problems = result
-        for p in problems:
-            ui.notice(p)
-        if not curves.empty:
-            frames.append(curves)
-        sel = ui.load(data.read_selection, [f"models/{model}/selection.json"], model)
-        if ui.is_problem(sel):
-            if sel.kind != "missing":
-                ui.notice(sel)
-        else:
-            selections[model] = [s["epoch"] for s in sel["selected"]]
+    frames = [f for f in map(model_curves, pick) if f is not None]
     if not frames:
         return
-    curves = data.mark_selected(pd.concat(frames, ignore_index=True), selections)
-    have = set(curves["metric"])
-
-    c1, c2 = st.columns(2)
-    if have & {"train_loss", "val_loss"}:
-        c1.altair_chart(
-            curve_chart(curves, ["train_loss", "val_loss"], "Loss (dashed: train)", "loss"),
-            width="stretch",
-        )
-    if "val_acc" in have:
-        c2.altair_chart(
-            curve_chart(curves, ["val_acc"], "Validation accuracy", "accuracy"), width="stretch"
-        )
-    if "lr" in have:
-        c1.altair_chart(curve_chart(curves, ["lr"], "Learning rate", "lr"), width="stretch")
-
-    rows = []
-    for model, epochs in selections.items():
-        got = curves[(curves["model"] == model) & curves["selected"]]
-        for rank, epoch in enumerate(epochs, start=1):
-            at = got[got["epoch"] == epoch].set_index("metric")["value"]
-            rows.append(
-                {
-                    "model": model,
-                    "rank": rank,
-                    "epoch": epoch,
-                    "val_acc": at.get("val_acc"),
-                    "val_loss": at.get("val_loss"),
-                }
+    df = pd.concat(frames, ignore_index=True)
+    left, right = st.columns(2)
+    for i, (title, curves) in enumerate(CHARTS):
+        if df["curve"].isin(curves).any():
+            (left if i % 2 == 0 else right).altair_chart(
+                curve_chart(df, title, curves), width="stretch"
             )
-    with c2:
+    with right:
         st.markdown("**Selected epochs** (averaged into the soups; rank 1 = best epoch)")
-        if rows:
-            fmt = st.column_config.NumberColumn(format="%.4f")
-            st.dataframe(
-                pd.DataFrame(rows), hide_index=True, column_config={"val_acc": fmt, "val_loss": fmt}
-            )
-        else:
-            st.info(
-                "No `models/<model>/selection.json` yet: run `dvc repro` (stage select@<model>)."
-            )
+        if not df["selected"].any():
+            st.info("No `models/<model>/selection.json` yet: run `dvc repro select@<model>`.")
+            return
+        archs = ui.architectures(ui.metrics(notify=False))
+        chosen = df[df["selected"]].pivot_table("value", ["model", "rank", "epoch"], "curve")
+        chosen = chosen.reset_index().sort_values(["model", "rank"])
+        chosen.insert(1, "ran", chosen["model"].map(archs).fillna("(not evaluated yet)"))
+        fmt = st.column_config.NumberColumn(format="%.4f")
+        st.dataframe(chosen, hide_index=True, column_config=dict.fromkeys(contract.CURVES, fmt))
 
 
 main()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitlab.captions.metrics import tokenize
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 SPLIT_MAP = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 

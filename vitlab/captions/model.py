@@ -4,9 +4,9 @@ CPTR-style ("words-to-patches", arXiv 2101.10804): the encoder turns the image i
 per patch; the decoder predicts the caption word by word, and the last decoder layer's
 cross-attention over those patch tokens is the map shown for each word.
 
-- The encoder is cut from a pytorch_pretrained_vit `ViT` built by name (vitlab.models):
+- The encoder is cut from a pytorch_pretrained_vit `ViT` built by name (vitlab.vit.models):
   its patch embedding, class token and position embedding, then its first `encoder_blocks`
-  blocks (0 allowed). FIELD-NOTES measured that self-attention blocks mix the patches so much
+  blocks (0 allowed). we measured that self-attention blocks mix the patches so much
   that the decoder's maps stop pointing at objects. `local_layers` per-patch residual MLPs
   (a ViT block without its attention) sit right after the linear patch embedding, BEFORE the
   position embedding: a non-linear patch embedding. Measured here (12 epochs, batch 32): a
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.errors import VitlabError
-from vitlab.models import build_model, check_compatible, patch_size, read_state_dict
+from vitlab.core.errors import VitlabError
+from vitlab.vit.models import build_model, check_compatible, patch_size, read_state_dict
 
 
 @dataclass(frozen=True)

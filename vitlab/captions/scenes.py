@@ -2,7 +2,7 @@
 
 A scene places objects in distinct cells of a coarse grid (so "left of" and "above" are never
 ambiguous), each with a size, a coat colour and a coat pattern that shows inside a single
-patch (FIELD-NOTES: patterns visible within a patch are learned fast; body shapes are not).
+patch (we measured that patterns visible within a patch are learned fast; body shapes are not).
 The caption names the objects column by column (top to bottom within a column) and the
 relation between neighbours, so it is a pure function of the scene and can be got exactly
 right. Every scene is a pure function of (seed, split, index): a training run can draw fresh
@@ -13,26 +13,16 @@ val/test scenes never change when the train size does.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
+from vitlab.core.generated import COLOURS, SPLIT_IDS
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 25),
-    "yellow": (230, 215, 40),
-    "green": (45, 170, 60),
-    "blue": (40, 80, 220),
-    "purple": (150, 60, 205),
-}
 PATTERNS = ("plain", "striped", "spotted", "checked")
 SIZES = ("small", "large")
 NOUN = "blob"
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-# What each word of an object phrase says; "a" and the relation words belong to no object.
-WORD_KINDS = ("size", "colour", "pattern", "noun")
 
 
 @dataclass(frozen=True)
@@ -50,7 +40,7 @@ class SceneConfig:
     noise: float = 0.04
     colour_jitter: float = 0.1
     background_saturation: float = 0.25
-    colours: tuple[str, ...] = field(default=tuple(COLOURS))
+    colours: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple")
     patterns: tuple[str, ...] = PATTERNS
 
     def validate(self) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitlab.atomic import write_json
 from vitlab.captions.dataset import CaptionSet
 from vitlab.captions.karpathy import CaptionedImage, read_karpathy
 from vitlab.captions.scenes import Scene, SceneConfig
-from vitlab.errors import VitlabError
+from vitlab.core.atomic import write_json
+from vitlab.core.errors import VitlabError
 
 CAPTIONS_FILE = "captions.json"
 SPLITS = ("train", "val", "test")

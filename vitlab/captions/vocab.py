@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vitlab.errors import VitlabError
+from vitlab.core.errors import VitlabError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
