@@ -60,22 +60,21 @@ def is_fused(model: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def explicit_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Temporarily use the stock path so each block's `.scores` holds its attention map."""
+def attention_path(model: torch.nn.Module, *, fused: bool) -> Iterator[torch.nn.Module]:
+    """Temporarily use SDPA (`fused`) or the stock explicit softmax in every block."""
     was_fused = is_fused(model)
-    set_fused_attention(model, False)
+    set_fused_attention(model, fused)
     try:
         yield model
     finally:
         set_fused_attention(model, was_fused)
 
 
-@contextlib.contextmanager
-def fused_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Temporarily use SDPA in every block (how the study scores every checkpoint)."""
-    was_fused = is_fused(model)
-    set_fused_attention(model, True)
-    try:
-        yield model
-    finally:
-        set_fused_attention(model, was_fused)
+def explicit_attention(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The stock path, so each block's `.scores` holds its attention map (figures)."""
+    return attention_path(model, fused=False)
+
+
+def fused_attention(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """SDPA in every block: how the study scores every checkpoint."""
+    return attention_path(model, fused=True)
