@@ -8,29 +8,38 @@ Writes (each atomically):
 - reports/captions/figures/: for each index in captions.render.images, `<name>.png` (image,
   caption, one panel per generated token, <end> included), `<name>.npy` (the raw maps,
   (T, grid, grid) float32, row i = generated token i) and `<name>.json` (tokens and ids).
+
+With a pretrained arch (captions.model.arch catr_*), CATR from captions.catr captions every
+image fetch_captions kept (each encoded once, greedy decoding as released) and draws each as
+`<image stem>.{png,npy,json}` (maps (T, grid_h, grid_w)); metrics.json holds BLEU-1..4 and
+CIDEr-D when the images have references (a Karpathy test split), else the count and no rows.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import numpy as np
 import torch
 
 from stages._common import cli, load_params
-from vitlab.captions import store
+from vitlab.captions import pretrained, store
 from vitlab.captions.build import build_captioner
 from vitlab.captions.dataset import CaptionSet, to_images
 from vitlab.captions.decode import attention_maps, generate
-from vitlab.captions.metrics import Grounding, caption_scores
+from vitlab.captions.metrics import TOKENIZER, Grounding, caption_scores, tokenize
 from vitlab.captions.model import Captioner, load_captioner
 from vitlab.captions.render import caption_figure, save_figure
 from vitlab.captions.scenes import word_kind
 from vitlab.captions.vocab import Vocab
-from vitlab.core import contract
+from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir, write_json
 from vitlab.core.errors import VitlabError
 from vitlab.vit import runtime
+
+MAPS_ROWS = "row i = last decoder layer cross-attention (mean over heads) while predicting token i"
 
 
 def grounding(
@@ -58,12 +67,12 @@ def grounding(
     return acc.result()
 
 
-def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
-    """One metrics-table row per decoding (model `captioner`)."""
+def metric_rows(model: str, decodings: dict[str, dict], ground: dict | None) -> list[dict]:
+    """One metrics-table row per decoding of `model` (`captioner`, or a pretrained arch)."""
     rows = []
     for name, scores in decodings.items():
         kind = "beam" if name.startswith("beam") else "greedy"
-        row = {"model": "captioner", "variant": name, "kind": kind, **scores}
+        row = {"model": model, "variant": name, "kind": kind, **scores}
         if ground is not None:
             row.update(
                 energy_words=ground["energy"],
@@ -75,9 +84,8 @@ def metric_rows(decodings: dict[str, dict], ground: dict | None) -> list[dict]:
     return rows
 
 
-@cli
-def main() -> None:
-    params = load_params()
+def render_trained(params: config.Params) -> None:
+    """Caption, score and draw with the captioner train_captioner trained."""
     c = params.captions
     device = runtime.resolve(params.runtime).device
     vocab = Vocab.load(contract.CAPTIONER / "vocab.json")
@@ -107,10 +115,10 @@ def main() -> None:
         "split": "test",
         "images": len(test),
         "headline": headline,
-        "tokenizer": "lower-case words of letters/digits (vitlab.captions.metrics.tokenize)",
+        "tokenizer": TOKENIZER,
         "decodings": scores,
         "grounding": ground,
-        "rows": metric_rows(scores, ground),
+        "rows": metric_rows("captioner", scores, ground),
     }
     chosen = list(c.render.images)
     bad = [i for i in chosen if not 0 <= i < len(test)]
@@ -147,8 +155,7 @@ def main() -> None:
                         "token_ids": ids,
                         "tokens": [vocab.label(t) for t in ids],
                         "maps": f"{name}.npy",
-                        "rows": "row i = last decoder layer cross-attention (mean over heads) "
-                        "while predicting token i",
+                        "rows": MAPS_ROWS,
                     },
                     indent=1,
                 )
@@ -187,6 +194,116 @@ def main() -> None:
         f"render_captions: {headline} BLEU-4 {s['bleu_4']:.4f}, CIDEr-D {s['cider_d']:.3f}, "
         f"exact {s['exact_match']:.3f}{g}"
     )
+
+
+def render_catr(params: config.Params) -> None:
+    """Caption every kept image with the released CATR, draw each, score when references exist."""
+    c = params.captions
+    arch, square = c.model.arch, c.catr.square
+    rt = runtime.resolve(params.runtime)
+    photos = store.read_originals(contract.CAPTION_DATA)
+    model, vocab, weights, vocab_path = pretrained.load(c.catr, c.catr_version)
+    model.to(rt.device)
+    results = []
+    for n, photo in enumerate(photos, 1):
+        t0 = time.perf_counter()
+        results.append(pretrained.caption_photo(model, vocab, photo.path, square, rt.device))
+        if rt.progress:
+            print(
+                f"{n}/{len(photos)} {photo.name}: {results[-1].caption} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+            )
+    scored = all(p.references for p in photos)  # a Karpathy split; a photo folder has none
+    split = "test" if scored else "photos"
+    drawn = []
+    with atomic_dir(contract.CAPTION_FIGURES) as fig_dir:
+        for i, (photo, r) in enumerate(zip(photos, results, strict=True)):
+            name = photo.name
+            reference = " ".join(photo.references[0]) if scored else None
+            labels = [f"{t} ({k})" for t, k in zip(r.tokens, r.token_ids, strict=True)]
+            save_figure(
+                caption_figure(r.shown, labels, r.maps, r.caption, reference, extent=r.extent),
+                fig_dir / f"{name}.png",
+            )
+            np.save(fig_dir / f"{name}.npy", r.maps)
+            info = {
+                "image": photo.key,
+                "caption": r.caption,
+                "reference": reference,
+                "token_ids": r.token_ids,
+                "tokens": r.tokens,
+            }
+            write_json(
+                fig_dir / f"{name}.json",
+                {
+                    **info,
+                    "maps": f"{name}.npy",
+                    "grid": list(r.maps.shape[1:]),
+                    "square": square,
+                    "rows": MAPS_ROWS,
+                },
+            )
+            drawn.append(
+                contract.Figure(
+                    png=f"{name}.png",
+                    maps=f"{name}.npy",
+                    group="captions",
+                    title=r.caption,
+                    variant="greedy",
+                    split=split,
+                    images=(i,),
+                    info={**info, "meta": f"{name}.json"},
+                )
+            )
+        contract.write_manifest(
+            fig_dir,
+            drawn,
+            model=arch,
+            stage="render_captions",
+            weights=str(weights),
+            vocab=str(vocab_path),
+            square=square,
+        )
+    write_json(
+        contract.TEST_CAPTIONS,
+        [
+            {
+                "image": p.key,
+                "references": [" ".join(ref) for ref in p.references],
+                "greedy": r.caption,
+            }
+            for p, r in zip(photos, results, strict=True)
+        ],
+    )
+    metrics = {"model": arch, "split": split, "images": len(results)}  # one caption each
+    summary = f"{len(results)} images captioned"
+    if scored:
+        scores = caption_scores(
+            [p.references for p in photos], [tokenize(r.caption) for r in results]
+        )
+        decodings = {"greedy": scores}
+        metrics.update(
+            headline="greedy",
+            tokenizer=TOKENIZER,
+            decodings=decodings,
+            grounding=None,
+            rows=metric_rows(arch, decodings, None),
+        )
+        summary += f", BLEU-4 {scores['bleu_4']:.4f}, CIDEr-D {scores['cider_d']:.3f}"
+    else:
+        metrics["rows"] = []  # no references, nothing to score; summarize reads the rows
+    write_json(contract.CAPTION_METRICS, metrics)
+    print(f"render_captions: {arch} ({weights.name}, square {square}), {summary}")
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    if params.captions.catr_version is not None:
+        render_catr(params)
+    else:
+        render_trained(params)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Outputs: models/captioner/{model.pt, vocab.json, config.json, history.json} and 
 curves (train_loss, val_loss, val_bleu4, val_exact, lr per epoch) in reports/captions/train/,
 each folder replaced atomically at the end of a successful run; models/captioner_last.pt holds
 the resume state after every epoch, so a killed run continues where it stopped.
+
+A pretrained arch (captions.model.arch catr_*) needs no training: the stage only writes a
+marker, pretrained.json, into both folders (and a placeholder captioner_last.pt when there is
+no resume state to keep), importing nothing heavy.
 """
 
 from __future__ import annotations
@@ -12,24 +16,42 @@ import hashlib
 import json
 import time
 
-import torch
-
 from stages._common import cli, load_params
-from vitlab.captions import scenes, store
-from vitlab.captions.build import build_captioner
-from vitlab.captions.dataset import CaptionSet, from_scenes
-from vitlab.captions.model import config_dict
-from vitlab.captions.train import fit_captioner
-from vitlab.captions.vocab import Vocab
-from vitlab.core import contract
-from vitlab.core.atomic import atomic_dir
+from vitlab.core import config, contract
+from vitlab.core.atomic import atomic_dir, write_json, write_text
 from vitlab.core.errors import VitlabError
-from vitlab.vit import runtime
+
+MARKER = "pretrained.json"
+PLACEHOLDER = "no resume state: a pretrained captions.model.arch is not trained\n"
 
 
-@cli
-def main() -> None:
-    params = load_params()
+def mark_pretrained(arch: str) -> None:
+    """The outputs DVC expects, saying that `arch` is used as released."""
+    note = {
+        "arch": arch,
+        "trained": False,
+        "why": "a pretrained arch is used as released; render_captions loads its weights",
+    }
+    for folder in (contract.CAPTIONER, contract.CAPTION_TRAIN):
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / MARKER, note)
+    if not contract.CAPTIONER_STATE.exists():  # a trained arch's resume state is kept
+        write_text(contract.CAPTIONER_STATE, PLACEHOLDER)
+    print(f"train_captioner: {arch} is pretrained; nothing to train")
+
+
+def fit(params: config.Params) -> None:
+    """Train the captioner of captions.model (resuming a run of the same configuration)."""
+    import torch
+
+    from vitlab.captions import scenes, store
+    from vitlab.captions.build import build_captioner
+    from vitlab.captions.dataset import CaptionSet, from_scenes
+    from vitlab.captions.model import config_dict
+    from vitlab.captions.train import fit_captioner
+    from vitlab.captions.vocab import Vocab
+    from vitlab.vit import runtime
+
     c = params.captions
     rt = runtime.resolve(params.runtime)
     t0 = time.perf_counter()
@@ -52,6 +74,10 @@ def main() -> None:
         n = len(train)
         return from_scenes(scenes.generate(cfg, seed, "train", (epoch - 1) * n, n), [""] * n)
 
+    state, placeholder = contract.CAPTIONER_STATE, PLACEHOLDER.encode()
+    small = state.is_file() and state.stat().st_size == len(placeholder)
+    if small and state.read_bytes() == placeholder:
+        state.unlink()  # a pretrained arch's placeholder: no state to resume
     torch.manual_seed(tc.seed)
     model = build_captioner(c, len(vocab), for_training=True)
     spec = {"captions": c.model_dump(mode="json", by_alias=True), "device": str(rt.device),
@@ -86,6 +112,15 @@ def main() -> None:
         f"{last['val_bleu4']:.4f}, val_exact {last['val_exact']:.3f}, "
         f"{time.perf_counter() - t0:.0f}s"
     )
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    if params.captions.catr_version is not None:
+        mark_pretrained(params.captions.model.arch)
+    else:
+        fit(params)
 
 
 if __name__ == "__main__":

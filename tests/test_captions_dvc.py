@@ -99,8 +99,8 @@ def test_unknown_caption_source_is_one_line(project):
         proc = run([sys.executable, "-m", "stages.fetch_captions"], project, check=False)
         assert proc.returncode == 2
         assert proc.stderr.strip() == (
-            "error: params.yaml: captions.source: Input should be 'synthetic' or 'karpathy' "
-            "(got 'flickr')"
+            "error: params.yaml: captions.source: Input should be 'synthetic', 'karpathy' or "
+            "'folder' (got 'flickr')"
         )
         assert (project / "data/captions/captions.json").is_file()
     finally:

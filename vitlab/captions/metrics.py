@@ -28,6 +28,7 @@ import numpy as np
 from vitlab.core.errors import VitlabError
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+TOKENIZER = "lower-case words of letters/digits (vitlab.captions.metrics.tokenize)"  # reported
 
 
 def tokenize(text: str) -> list[str]:

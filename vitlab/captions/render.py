@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -20,10 +21,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def upsample(maps: np.ndarray, size: int) -> np.ndarray:
-    """(T, g, g) patch maps -> (T, size, size), bilinear (what the panels show)."""
+def upsample(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(T, gh, gw) patch maps -> (T, h, w) for size (h, w) (an int: square), bilinear (what
+    the panels show)."""
+    hw = (size, size) if isinstance(size, int) else size
     t = torch.from_numpy(np.asarray(maps, np.float32))[:, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
 def caption_figure(
@@ -33,13 +36,19 @@ def caption_figure(
     caption: str,
     reference: str | None = None,
     columns: int = 6,
+    extent: tuple[int, int] | None = None,
 ) -> matplotlib.figure.Figure:
-    """A figure: the image with its caption, then one overlay panel per token label/map."""
+    """A figure: the image with its caption, then one overlay panel per token label/map.
+
+    The maps cover the image, or with `extent` (h, w) a larger input whose top-left part the
+    image is (a padded input): they are upsampled to it and cut to the image.
+    """
     n = len(labels) + 1
     rows = math.ceil(n / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows + 0.6))
     axes = np.atleast_1d(axes).ravel()
-    up = upsample(maps, image.shape[0])
+    h, w = image.shape[:2]
+    up = upsample(maps, extent or (h, w))[:, :h, :w]
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=8)
     for ax, label, m in zip(axes[1:], labels, up, strict=False):
@@ -48,12 +57,25 @@ def caption_figure(
         ax.set_title(label, fontsize=8)
     for ax in axes:
         ax.axis("off")
-    title = f"generated: {caption}"
+    lines = [f"generated: {caption}"]
     if reference is not None:
-        title += f"\nreference: {reference}"
-    fig.suptitle(title, fontsize=9)
+        lines.append(f"reference: {reference}")
+    width = 20 * columns  # characters of 9 pt text that fit across the figure
+    title = fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=9)
     fig.tight_layout()
+    _clear_title(fig, title, axes[:columns])
     return fig
+
+
+def _clear_title(fig: matplotlib.figure.Figure, title, top_row) -> None:
+    """Lower the panels when a long (wrapped) title would overlap the top row of a tall figure,
+    which tight_layout leaves to the title's default place."""
+    renderer = fig.canvas.get_renderer()
+    panels_top = max(ax.get_tightbbox(renderer).y1 for ax in top_row)
+    overlap = panels_top - title.get_window_extent(renderer).y0
+    if overlap > 0:
+        pad = 0.1 * fig.dpi
+        fig.subplots_adjust(top=fig.subplotpars.top - (overlap + pad) / fig.bbox.height)
 
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike[str]) -> None:

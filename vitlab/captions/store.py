@@ -5,12 +5,17 @@ format plus vitlab's extensions, see karpathy.py) and the images, already at the
 size, under images/<split>/ (masks of generated scenes under masks/<split>/). For generated
 scenes, captions.json also records the generator (`"generator": {"seed", "config"}`) so
 training can draw more scenes of exactly the same kind.
+
+For a pretrained captioner (CATR) the folder holds the originals instead, byte for byte (CATR
+does its own resizing): images/<name><suffix>, and a captions.json of format `originals`
+listing each one's key and references (none for a folder of photos) and the skipped files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +23,14 @@ from PIL import Image
 
 from vitlab.captions.dataset import CaptionSet
 from vitlab.captions.karpathy import CaptionedImage, read_karpathy
+from vitlab.captions.photos import Photo
 from vitlab.captions.scenes import Scene, SceneConfig
 from vitlab.core.atomic import write_json
 from vitlab.core.errors import VitlabError
 
 CAPTIONS_FILE = "captions.json"
 SPLITS = ("train", "val", "test")
+ORIGINALS = "originals"  # the captions.json format of a pretrained captioner's images
 
 
 def write_scenes(
@@ -134,3 +141,33 @@ def load_split(items: list[CaptionedImage], split: str) -> CaptionSet:
         masks=masks,
         token_objects=[it.token_objects for it in chosen] if has_masks else None,
     )
+
+
+def write_originals(
+    root: str | os.PathLike[str], photos: list[Photo], dataset: str, skipped: list[str]
+) -> int:
+    """Copy `photos` unchanged into `root`/images with a captions.json of format `originals`
+    (keys, references, and the reasons of the `skipped` files); the number copied."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    for photo in photos:
+        rel = f"images/{photo.name}{photo.path.suffix.lower()}"
+        shutil.copyfile(photo.path, root / rel)
+        images.append({"file": rel, "key": photo.key, "references": photo.references})
+    doc = {"dataset": dataset, "format": ORIGINALS, "images": images, "skipped": skipped}
+    write_json(root / CAPTIONS_FILE, doc)
+    return len(images)
+
+
+def read_originals(root: str | os.PathLike[str]) -> list[Photo]:
+    """The images write_originals left in `root`, as Photos of the copies."""
+    root = Path(root)
+    path = root / CAPTIONS_FILE
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    if doc.get("format") != ORIGINALS:
+        raise VitlabError(
+            f"{path} does not list a pretrained captioner's originals; rerun "
+            "`dvc repro fetch_captions`"
+        )
+    return [Photo(root / e["file"], e["key"], e["references"]) for e in doc["images"]]

@@ -240,16 +240,58 @@ class CaptionRender(Section):
     images: list[NonNegInt]
 
 
+class CaptionFolder(Section):
+    path: str  # a folder of photos to caption (no references); a dep of fetch_captions
+
+
+class Catr(Section):
+    """Where the pretrained captioner's two files are, and how its input is squared."""
+
+    dir: str  # released weights + vocab.txt; a dep of render_captions
+    weights: str  # "" = <dir>/<release file> if present, else the torch hub cache
+    vocab: str  # "" = vocab.txt beside the weights
+    weights_url: str = ""  # fetched into the torch hub cache only when named
+    weights_md5: str = ""  # checked when given
+    square: Literal["pad", "resize", "none"]
+
+
+CATR_ARCHS = {"catr_v1": "v1", "catr_v2": "v2", "catr_v3": "v3"}  # arch -> release
+
+
 class Captions(Section):
-    source: Literal["synthetic", "karpathy"]
+    source: Literal["synthetic", "karpathy", "folder"]
     image_size: Annotated[int, Field(ge=16)]
     synthetic: CaptionSynthetic
     karpathy: Karpathy
+    folder: CaptionFolder
     vocab: CaptionVocab
     model: CaptionModel
+    catr: Catr
     train: CaptionTrain
     decode: CaptionDecode
     render: CaptionRender
+
+    @property
+    def catr_version(self) -> str | None:
+        """The CATR release (v1, v2, v3) when captions.model.arch names one, else None."""
+        return CATR_ARCHS.get(self.model.arch)
+
+    @model_validator(mode="after")
+    def _source_fits_model(self) -> Captions:
+        arch, names = self.model.arch, " | ".join(CATR_ARCHS)
+        if arch.startswith("catr") and self.catr_version is None:
+            raise ValueError(f"model.arch {arch!r} is not a CATR release; use {names}")
+        if self.catr_version is None and self.source == "folder":
+            raise ValueError(
+                f"source folder has no reference captions to train {arch} on; set model.arch "
+                f"to a pretrained {names}, or source to synthetic or karpathy"
+            )
+        if self.catr_version is not None and self.source == "synthetic":
+            raise ValueError(
+                f"model.arch {arch} captions photos (source: folder) or a Karpathy test split "
+                f"(source: karpathy), not generated scenes; set captions.source"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------- runtime
