@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sacrebleu
 import yaml
 
 from tests.conftest import dvc, make_project, run
@@ -27,9 +28,18 @@ def test_repro_writes_the_contract_outputs(project):
     m = json.loads((project / "reports/captions/metrics.json").read_text())
     assert m["model"] == "captioner" and m["split"] == "test" and m["images"] == 40
     assert m["headline"] == "beam2" and set(m["decodings"]) == {"greedy", "beam2"}
-    for scores in m["decodings"].values():
+    written = json.loads((project / "reports/captions/test_captions.json").read_text())
+    assert len(written) == 40
+    streams = [[c["references"][k] for c in written] for k in range(len(written[0]["references"]))]
+    for name, scores in m["decodings"].items():
         assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "exact_match"}
-        assert 0 <= scores["bleu_4"] <= scores["bleu_1"] <= 1
+        hyps = [c[name] for c in written]  # BLEU recomputed from the captions it wrote
+        for n in range(1, 5):
+            ref = sacrebleu.metrics.BLEU(tokenize="none", smooth_method="none", max_ngram_order=n)
+            want = ref.corpus_score(hyps, streams).score / 100
+            assert scores[f"bleu_{n}"] == pytest.approx(want, abs=1e-6), (name, n)
+        exact = sum(c[name] in c["references"] for c in written) / len(written)
+        assert scores["exact_match"] == pytest.approx(exact)
     g = m["grounding"]
     assert g["words"] > 0 and set(g["by_kind"]) == {"size", "colour", "pattern", "noun"}
     assert {r["variant"] for r in m["rows"]} == {"greedy", "beam2"}

@@ -74,8 +74,14 @@ def test_position_embeddings_are_resized_for_another_image_size(tmp_path):
     model = build_model(
         "B_32_imagenet1k", num_classes=37, image_size=224, pretrained=True, weights=path
     )
-    assert model.positional_embedding.pos_embedding.shape == (1, 50, 768)
+    got = model.positional_embedding.pos_embedding.detach()
+    assert got.shape == (1, 50, 768)
     assert torch.equal(model.class_token, released["class_token"])
+    old = released["positional_embedding.pos_embedding"]  # (1, 1 + 12 * 12, 768) at 384 px
+    assert torch.equal(got[0, 0], old[0, 0])  # the class token's position is kept as released
+    grid = old[0, 1:].reshape(12, 12, 768).permute(2, 0, 1)[None]  # the released 12 x 12 grid
+    want = F.interpolate(grid, size=(7, 7), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(got[0, 1:], want[0].permute(1, 2, 0).reshape(49, 768))
 
 
 def test_checkpoint_with_other_keys_or_shapes_is_refused(tmp_path):
