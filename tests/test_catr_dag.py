@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from tests.conftest import AUDIT, ROOT, make_project, run
 from tests.test_dag_deps import IGNORED_READS, _covered, stage_table
@@ -131,6 +132,29 @@ def test_repro_writes_the_contract_files(project):
     marker = json.loads((root / "models/captioner/pretrained.json").read_text())
     assert marker["arch"] == "catr_v3" and marker["trained"] is False
     assert not (root / "models/captioner/model.pt").exists()
+
+
+def test_the_dashboard_shows_catr_captions_and_word_maps(project, monkeypatch):
+    root, _, _ = project
+    monkeypatch.setenv("VITLAB_ROOT", str(root))
+    monkeypatch.setenv("VITLAB_DASHBOARD_PUBLIC", "1")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.switch_page("views/maps.py").run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert at.radio(key="mp_cap_model").options == ["catr_v3"]
+    figs = root / "reports/captions/figures"
+    stem = Path(sorted(GOOD)[1]).stem
+    meta = json.loads((figs / f"{stem}.json").read_text())
+    at.selectbox(key="mp_cap_image").set_value(1).run()
+    at.radio(key="mp_cap_word").set_value(0).run()
+    assert not at.exception and not at.error
+    assert f"**Generated:** {meta['caption']}" in [m.value for m in at.markdown]
+    first = np.load(figs / f"{stem}.npy")[0]
+    shown = [c for img in at.image for c in img.captions]
+    word = f"'{meta['tokens'][0]}' (id {meta['token_ids'][0]})"
+    want = f"attention while generating {word} · {first.shape[0]}×{first.shape[1]}"
+    assert any(c.startswith(want) for c in shown), (want, shown)
 
 
 @pytest.mark.slow
