@@ -495,6 +495,12 @@ def load_image(path: str | Path) -> Image.Image:
         raise VitlabError(f"{path}: cannot decode the image ({e}); replace it") from None
 
 
+def scaled_size(w: int, h: int) -> tuple[int, int]:
+    """(w, h) with the longest side at 299, floored as the release's float arithmetic does."""
+    scale = MAX_DIM / max(w, h)
+    return int(w * scale), int(h * scale)
+
+
 def preprocess(
     image: Image.Image, square: str = "pad", name: str = "image"
 ) -> tuple[Tensor, Tensor]:
@@ -512,8 +518,7 @@ def preprocess(
     w, h = image.size
     if min(w, h) < MIN_SIDE:
         raise VitlabError(f"{name}: {w}x{h} px is too small; CATR needs {MIN_SIDE}+ px a side")
-    scale = MAX_DIM / max(w, h)
-    size = (MAX_DIM, MAX_DIM) if square == "resize" else (int(w * scale), int(h * scale))
+    size = (MAX_DIM, MAX_DIM) if square == "resize" else scaled_size(w, h)
     if min(size) < MIN_SIDE:
         raise VitlabError(
             f"{name}: {w}x{h} px scales to {size[0]}x{size[1]}, under {MIN_SIDE} px a side; "

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from vitlab.captions.catr import (
-    MAX_DIM,
     RELEASE_URL,
     RELEASES,
     Catr,
@@ -25,6 +24,7 @@ from vitlab.captions.catr import (
     load_image,
     preprocess,
     resolve_weights,
+    scaled_size,
     to_rgb,
     word_maps,
 )
@@ -102,9 +102,7 @@ class Captioned:
 def shown_image(image: Image.Image) -> np.ndarray:
     """The photo with its longest side at 299 px, as preprocess scales it before squaring."""
     image = to_rgb(image)
-    w, h = image.size
-    scale = MAX_DIM / max(w, h)
-    return np.asarray(image.resize((int(w * scale), int(h * scale)), Image.Resampling.BICUBIC))
+    return np.asarray(image.resize(scaled_size(*image.size), Image.Resampling.BICUBIC))
 
 
 def caption_photo(
