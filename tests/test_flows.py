@@ -559,8 +559,10 @@ def test_overrides_make_a_dvc_experiment_listed_by_exp_show(prefect_api, tmp_pat
     headline = exps["scale-3"]["metrics"]["reports/metrics.json"]["data"]
     assert headline["a"]["best_epoch"]["val_acc"] == pytest.approx(3 / 13)
     # the experiment commit holds the uncached outputs, as `dvc exp run` would
-    ref = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).stdout.split()
-    tree = sh(["git", "ls-tree", "-r", "--name-only", ref[0]], root).stdout.split()
+    # (by name: DVC's refs/exps/exec/* refs sort first when the baseline's hash starts late)
+    refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).stdout.split()
+    (ref,) = [r for r in refs if r.endswith("/scale-3")]
+    tree = sh(["git", "ls-tree", "-r", "--name-only", ref], root).stdout.split()
     wanted = {"reports/metrics.csv", "reports/eval/a.json", "dvc.lock", "models/a/.gitignore"}
     assert wanted <= set(tree)
     md = artifacts(state.state_details.flow_run_id)["experiment-dag-summary"]
