@@ -75,6 +75,7 @@ def run_logged(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
     reason = None
     rest = b""
@@ -94,6 +95,12 @@ def run_logged(
             raise
     log_line(logger, rest.decode(errors="replace"))
     return proc.returncode, reason
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, so that stop_group's SIGINT lets DVC release its
+    locks even when the flow was started with SIGINT ignored (`cmd &` in a script, nohup)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -34,6 +34,7 @@ from conftest import ROOT, project_env
 from matplotlib import colormaps
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -228,14 +229,14 @@ def test_leaderboard_numbers_in_chromium(app_url, browser, shot_dirs, micro_proj
     page = load(browser, app_url)
     try:
         assert_no_error(page)
-        body = page.inner_text('[data-testid="stMain"]')
+        main = page.locator('[data-testid="stMain"]')
         rows = [r for r in csv_rows(micro_project) if r["variant"] in HEADLINE]
         assert rows
-        for row in rows:
-            assert row["arch"] in body
+        for row in rows:  # expect() waits: React may mount the table after the run has ended
+            expect(main).to_contain_text(row["arch"], timeout=30_000)
             for split in ("val_acc", "test_acc"):
                 number = f"{float(row[split]):.4f}"
-                assert number in body, f"{row['model']} {row['variant']} {split} {number}"
+                expect(main).to_contain_text(number, timeout=30_000)
         # the navigation of st.navigation, not Streamlit's legacy pages/ listing
         nav = page.inner_text('[data-testid="stSidebarNav"]')
         assert [t for t in PAGES.values() if t not in nav] == []
@@ -295,12 +296,16 @@ def test_launched_elsewhere_it_serves_only_when_exposure_is_meant(
     with serve(tmp_path, micro_project, tmp_path / "streamlit.log", **env) as url:
         page = load(browser, url)
         try:
-            body = page.inner_text("body")
             best = next(r for r in csv_rows(micro_project) if r["variant"] == "best_epoch")
             if public:
                 assert page.locator('[data-testid="stMain"] h1').first.inner_text() == "Leaderboard"
-                assert f"{float(best['test_acc']):.4f}" in body
+                # expect() waits: on a slow machine the table mounts after the run has ended
+                number = f"{float(best['test_acc']):.4f}"
+                expect(page.locator('[data-testid="stTable"]')).to_contain_text(
+                    number, timeout=30_000
+                )
             else:
+                body = page.inner_text("body")
                 assert page.locator(ERRORS).first.inner_text() == (
                     "Not serving on every interface: run `streamlit run dashboard/app.py "
                     "--server.address 127.0.0.1`, or set VITLAB_DASHBOARD_PUBLIC=1 to expose "

@@ -13,6 +13,7 @@ import fcntl
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,8 +40,14 @@ def project(micro_project, tmp_path_factory) -> Path:
 
 def _dvc(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     full = {**project_env(), **(env or {})}
+    # SIGINT at its default, as in a terminal: pytest started in the background ignores it
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=full,
-                          capture_output=True, text=True, **kw)  # fmt: skip
+                          capture_output=True, text=True, preexec_fn=_default_sigint,
+                          **kw)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _temporaries(root: Path) -> list[Path]:
@@ -130,7 +137,7 @@ SIGNAL_FAULTS = [
     ("render_attention@M16", "INT", "attention_last_layer_best_epoch.npy", 1, 0, "drawing"),
     ("fetch_captions", "KILL", "captions.json", 1, 0, "writing the set"),
     ("fetch_captions", "INT", "captions.json", 1, 0, "writing the set"),
-    ("train_captioner", "KILL", ".captioner_last.pt.", 3, 0.2, "mid-epoch"),
+    ("train_captioner", "KILL", ".captioner_last.pt.", 2, 0.2, "mid-epoch"),  # of 3 epochs
     ("train_captioner", "KILL", "config.json", 1, 0, "saving the model"),
     ("train_captioner", "INT", "vocab.json", 1, 0, "saving the model"),
     ("render_captions", "KILL", "test_00003.png", 1, 0, "drawing"),

@@ -646,8 +646,12 @@ def test_dask_cluster_spreads_gpu_stages_over_its_gpu_workers(prefect_api, tmp_p
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], root: Path, log: Path, name: str = "default") -> Iterator[None]:
-    """`python -m flows.serve --root <root>` run from `root` (a fresh clone), as a subprocess."""
+def serving(
+    env: dict[str, str], root: Path, log: Path, name: str = "default", background: bool = False
+) -> Iterator[None]:
+    """`python -m flows.serve --root <root>` run from `root` (a fresh clone), as a subprocess;
+    with `background`, as `cmd &` in a script starts it: SIGINT ignored (else its default)."""
+    disposition = signal.SIG_IGN if background else signal.SIG_DFL
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "flows.serve", "--root", str(root), "--name", name],
@@ -655,6 +659,7 @@ def serving(env: dict[str, str], root: Path, log: Path, name: str = "default") -
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
         )
         try:
             deadline = time.monotonic() + 120
@@ -670,7 +675,7 @@ def serving(env: dict[str, str], root: Path, log: Path, name: str = "default") -
                 time.sleep(1)
             yield
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM if background else signal.SIGINT)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -749,13 +754,14 @@ def test_cancelling_a_served_run_stops_the_stage_and_leaves_no_lock(prefect_api,
     """`prefect flow-run cancel` on a served run that is inside a long stage: the stage's whole
     process group goes within seconds, DVC's locks are released, its partial output is
     removed, the run ends Cancelled and its log names the stage. While it ran, a second run on
-    the same checkout refused in one line naming the first one's process."""
+    the same checkout refused in one line naming the first one's process. The server runs as
+    a background job (SIGINT ignored), where DVC must still get the SIGINT that frees its locks."""
     from flows.dag import experiment_dag, workspace_lock
 
     root = make_tiny(tmp_path / "p", sleep="train@a")
     env = dict(tiny_env(), PREFECT_API_URL=prefect_api, PYTHONPATH=str(REPO))
     prefect = [sys.executable, "-m", "prefect"]
-    with serving(env, root, tmp_path / "serve.log", "cancel"):
+    with serving(env, root, tmp_path / "serve.log", "cancel", background=True):
         r = subprocess.run(
             [*prefect, "deployment", "run", "experiment-dag/cancel"],
             env=env,
