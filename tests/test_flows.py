@@ -496,6 +496,7 @@ def test_models_subset_runs_only_that_models_stages(prefect_api, tmp_path):
     assert bad.is_failed() and "models: zz not in params.yaml models; known: a, b" in bad.message
 
 
+@pytest.mark.faults
 def test_second_writer_on_a_checkout_refuses_naming_the_holder(prefect_api, tmp_path):
     from flows.dag import experiment_dag, workspace_lock
 
@@ -509,6 +510,7 @@ def test_second_writer_on_a_checkout_refuses_naming_the_holder(prefect_api, tmp_
     assert experiment_dag(root=str(root), models=["a"], return_state=True).is_completed()
 
 
+@pytest.mark.faults
 def test_cancelling_an_in_process_run_ends_it_cancelled_naming_the_stage(prefect_api, tmp_path):
     """No runner to signal the flow: the stage task sees the Cancelling state itself."""
     from prefect.client.orchestration import get_client
@@ -750,6 +752,7 @@ def test_served_deployment_on_the_micro_profile(prefect_api, micro_project, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_cancelling_a_served_run_stops_the_stage_and_leaves_no_lock(prefect_api, tmp_path):
     """`prefect flow-run cancel` on a served run that is inside a long stage: the stage's whole
     process group goes within seconds, DVC's locks are released, its partial output is
