@@ -68,8 +68,12 @@ def test_a_bad_parameter_is_one_line_naming_it(path, value, line):
 
 def test_a_model_override_is_validated_with_the_shared_section():
     p = changed("models.B_16", {**DEFAULT["models"]["B_16"], "train": {"keep_top_k": 2}})
-    with pytest.raises(VitlabError, match="keep_top_k"):
+    with pytest.raises(VitlabError, match=r"^params.yaml: models.B_16.train.keep_top_k: .* 3"):
         config.validate(p)
+    p = changed("models.B_16", {**DEFAULT["models"]["B_16"], "train": {"lr": "1e-3"}})
+    assert config.validate(p).train_for("B_16").lr == 1e-3
+    # every train.* key, and only those, can be overridden per model
+    assert config.TrainOverrides.model_fields.keys() == config.Train.model_fields.keys()
     p = changed("models.B_16", {**DEFAULT["models"]["B_16"], "train": {"epochs": 3}})
     assert config.validate(p).train_for("B_16").epochs == 3
     assert config.validate(p).train_for("B_32").epochs == DEFAULT["train"]["epochs"]

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from vitlab.core.errors import VitlabError
 
@@ -114,24 +122,19 @@ class Train(Section):
         return self
 
 
-class TrainOverrides(Section):
-    """A model's own `train:` keys; each replaces the shared train.* value for that model."""
+def _optional(field: FieldInfo) -> Any:
+    """The field's type with its constraints, or None."""
+    typ = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return typ | None
 
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    optimizer: Literal["sgd", "adamw"] | None = None
-    lr: Annotated[float, Field(gt=0.0)] | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    schedule: Literal["step", "cosine"] | None = None
-    step_size: PositiveInt | None = None
-    gamma: float | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    grad_clip: float | None = None
-    augment: Augment | None = None
-    keep_top_k: int | None = None
-    seed: int | None = None
+
+# A model's own `train:` keys: every train.* key, optional, with train's types and ranges; each
+# one given replaces the shared value for that model (derived, so the two never drift apart).
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Section,
+    **{name: (_optional(field), None) for name, field in Train.model_fields.items()},
+)
 
 
 class Model(Section):
