@@ -91,3 +91,18 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
         assert f"| {model} | 32 | 8 |" in table
     failed = any(e != "not installed" for r in result["models"] for e in r["errors"].values())
     assert ("## Peers that did not run" in table) == failed
+
+
+def test_catr_caption_benchmark_writes_its_table(tmp_path):
+    """A tiny CATR through the whole benchmark: a caption, its maps, both loops timed."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "benchmarks.catr_caption", "--tiny", "--release-tokens", "2",
+           "--threads", "1", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    r = json.loads((out / "catr.json").read_text())
+    assert 1 <= r["tokens"] <= 127 and r["grid"] == [19, 19]
+    assert r["maps_shape"] == [r["tokens"], 19, 19]
+    per_token = r["greedy_s"] / r["tokens"] * 1000
+    assert r["speedup_vs_release"] == pytest.approx(r["release_ms_per_token"] / per_token)
+    assert r["image_s"] == pytest.approx(r["encode_s"] + r["greedy_s"] + r["maps_s"])
+    assert f"| **one image** | **{r['image_s']:.2f}** |" in (out / "catr.md").read_text()

@@ -344,7 +344,7 @@ class Catr(nn.Module):
         return self.mlp(hidden), weights
 
 
-def _start_caption(
+def start_caption(
     cfg: CatrConfig, words: Sequence[int], device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """The fixed-length caption [CLS] + words (zeros after) and its padding mask."""
@@ -366,7 +366,7 @@ def greedy_decode(model: Catr, enc: Encoded) -> list[int]:
     """
     if enc.memory.shape[1] != 1:
         raise ValueError("greedy_decode takes one image at a time")
-    caption, padding = _start_caption(model.cfg, [], enc.memory.device)
+    caption, padding = start_caption(model.cfg, [], enc.memory.device)
     ids: list[int] = []
     for i in range(model.cfg.max_position_embeddings - 1):
         hidden, _ = model.decode(enc, caption, padding)
@@ -391,7 +391,7 @@ def word_maps(model: Catr, enc: Encoded, token_ids: Sequence[int]) -> np.ndarray
     words = ids[:-1] if ids and ids[-1] == SEP_ID else ids
     if SEP_ID in words or len(words) >= model.cfg.max_position_embeddings:
         raise ValueError("token_ids must be at most max_positions - 1 ids, [SEP] only last")
-    caption, padding = _start_caption(model.cfg, words, enc.memory.device)
+    caption, padding = start_caption(model.cfg, words, enc.memory.device)
     _, weights = model.decode(enc, caption, padding)
     h, w = enc.grid
     return weights[0, : len(ids)].reshape(len(ids), h, w).cpu().numpy()
