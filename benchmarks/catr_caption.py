@@ -150,7 +150,11 @@ def main() -> None:
     if args.release_tokens < 1:
         p.error("--release-tokens must be >= 1")
     result = measure(args.release_tokens, TINY if args.tiny else None)
-    result.update(size="tiny" if args.tiny else "full size", threads=torch.get_num_threads(), machine=platform.processor() or "unknown")
+    result.update(
+        size="tiny" if args.tiny else "full size",
+        threads=torch.get_num_threads(),
+        machine=platform.processor() or "unknown",
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "catr.json", result)
     table = report(result)
