@@ -14,6 +14,7 @@ from stages._common import cli, load_params
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir
 from vitlab.core.errors import VitlabError
+from vitlab.core.generated import PNG_OPTIONS
 from vitlab.sources import synthetic
 from vitlab.sources.rawdata import SPLITS, RawDataset, Sample, write_index
 
@@ -40,8 +41,8 @@ def fetch_synthetic(p: config.SyntheticData, out: Path) -> RawDataset:
         gen = synthetic.generate(split, per_class[split], num_classes, p.size, p.seed, d)
         for i, label, image, mask in gen:
             img_rel, mask_rel = f"{split}/{i:05d}.png", f"{split}/{i:05d}_mask.png"
-            Image.fromarray(image).save(out / img_rel)
-            Image.fromarray(mask.astype("uint8") * 255).save(out / mask_rel)
+            Image.fromarray(image).save(out / img_rel, **PNG_OPTIONS)
+            Image.fromarray(mask.astype("uint8") * 255).save(out / mask_rel, **PNG_OPTIONS)
             samples.append(Sample(img_rel, label, split, mask_rel))
     return RawDataset(classes, "binary", "synthetic", samples)
 

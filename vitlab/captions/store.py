@@ -27,6 +27,7 @@ from vitlab.captions.photos import Photo
 from vitlab.captions.scenes import Scene, SceneConfig
 from vitlab.core.atomic import write_json
 from vitlab.core.errors import VitlabError
+from vitlab.core.generated import PNG_OPTIONS
 
 CAPTIONS_FILE = "captions.json"
 SPLITS = ("train", "val", "test")
@@ -44,8 +45,8 @@ def write_scenes(
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(items):
             name = f"{i:05d}.png"
-            Image.fromarray(s.image).save(root / "images" / split / name)
-            Image.fromarray(s.mask).save(root / "masks" / split / name)
+            Image.fromarray(s.image).save(root / "images" / split / name, **PNG_OPTIONS)
+            Image.fromarray(s.mask).save(root / "masks" / split / name, **PNG_OPTIONS)
             images.append(
                 {
                     "filepath": f"images/{split}",
