@@ -19,8 +19,8 @@ weight decay):
 - compiled_stock: the stock model under torch.compile, timed after the compile, which is
   reported apart (a compile that fails here is reported as its error, not raised);
 - fast: vitlab's fast path: fused attention (SDPA; on CPU while training with dropout, explicit
-  scores), the fast CPU dropout (vitlab.vit.dropout), the training loop's optimizer (fused on a
-  GPU), bf16 autocast where it measures faster (always on a GPU), optionally torch.compile.
+  scores), the fast CPU dropout (vitlab.vit.dropout), the training loop's optimizer (torch's
+  fused kernels), bf16 autocast where it measures faster (always on a GPU), optionally torch.compile.
 The peers other than stock share the fast path's optimizer, so a ratio isolates the model.
 transformers is a benchmark-only extra: without it the HF columns say "not installed". The
 paths are timed in interleaved rounds and each rate is the median over rounds.
