@@ -89,6 +89,9 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
         assert f"| {header} |" in table
     for model in ("vitlab_micro_16", "vitlab_micro_32"):
         assert f"| {model} | 32 | 8 |" in table
+    for row in result["models"]:  # the speed aim's column says the speed aim alone
+        speed_met = row["fast_over_best_peer"] >= row["aim"]["fast_over_best_peer"]
+        assert f"| {row['fast_over_best_peer']}x | {'yes' if speed_met else 'no'} |" in table
     failed = any(e != "not installed" for r in result["models"] for e in r["errors"].values())
     assert ("## Peers that did not run" in table) == failed
 
