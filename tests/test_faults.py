@@ -115,11 +115,11 @@ TRAIN = "train@M16"
 FRESH = {TRAIN: ("models/M16/last.pt", "models/M16/epochs"),
          "train_captioner": ("models/captioner_last.pt",)}  # fmt: skip
 SIGNAL_FAULTS = [
-    # (stage, signal, written path holding, nth such write, delay s, what the point is)
-    (TRAIN, "KILL", ".last.pt.", 3, 0.15, "mid-epoch"),
+    # (stage, signal, written path holding, nth such write, delay s or function#call, the point)
+    (TRAIN, "KILL", ".last.pt.", 3, "optimizer_step#2", "mid-epoch"),  # of epoch 4 of 5
     (TRAIN, "KILL", ".epoch_", 4, 0, "during a checkpoint write"),
     (TRAIN, "KILL", ".history.json.", 1, 0, "after the last epoch"),
-    (TRAIN, "INT", ".last.pt.", 3, 0.15, "mid-epoch"),
+    (TRAIN, "INT", ".last.pt.", 3, "optimizer_step#2", "mid-epoch"),
     (TRAIN, "TERM", ".epoch_", 4, 0, "during a checkpoint write"),
     ("fetch", "KILL", "test/00003.png", 1, 0, "writing images"),
     ("fetch", "INT", "val/00005.png", 1, 0, "writing images"),
@@ -137,7 +137,7 @@ SIGNAL_FAULTS = [
     ("render_attention@M16", "INT", "attention_last_layer_best_epoch.npy", 1, 0, "drawing"),
     ("fetch_captions", "KILL", "captions.json", 1, 0, "writing the set"),
     ("fetch_captions", "INT", "captions.json", 1, 0, "writing the set"),
-    ("train_captioner", "KILL", ".captioner_last.pt.", 2, 0.2, "mid-epoch"),  # of 3 epochs
+    ("train_captioner", "KILL", ".captioner_last.pt.", 2, "optimizer_step#2", "mid-epoch"),  # of 3
     ("train_captioner", "KILL", "config.json", 1, 0, "saving the model"),
     ("train_captioner", "INT", "vocab.json", 1, 0, "saving the model"),
     ("render_captions", "KILL", "test_00003.png", 1, 0, "drawing"),

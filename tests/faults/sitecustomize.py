@@ -3,9 +3,12 @@
 $VITLAB_FAULT = "<SIGNAL>:<path substring>:<nth>:<delay s>" and $VITLAB_FAULT_STAGE = the
 stage's argv tail (e.g. "train.py M16"). In that process only, the nth time a file or folder
 whose path holds the substring is opened for writing or created, the process sends itself
-SIGNAL (KILL, INT, TERM) after the delay (0: at once, inside the write). SLEEP holds the
-process for the delay instead (a slow stage, for concurrency tests). Python's audit hooks see
-every open, so the point of the fault is chosen by what the stage writes, not by timing.
+SIGNAL (KILL, INT, TERM) after the delay (0: at once, inside the write). A delay written
+"<function>#<k>" signals at the kth call of that Python function after the write instead
+(e.g. "optimizer_step#2": inside the next epoch's second step, however fast the epochs are).
+SLEEP holds the process for the delay instead (a slow stage, for concurrency tests). Python's
+audit hooks see every open, so the point of the fault is chosen by what the stage does, not by
+timing.
 $VITLAB_FSIZE = bytes: that stage runs under RLIMIT_FSIZE (a full disk: writes past it fail
 with EFBIG, Python ignoring SIGXFSZ).
 """
@@ -69,9 +72,22 @@ if _SPEC:
         if _state["seen"] < int(_nth):
             return
         _state["fired"] = True
-        if _sig == "SLEEP" or float(_delay) == 0:
+        if "#" in _delay:
+            _fire_at_call(*_delay.split("#"))
+        elif _sig == "SLEEP" or float(_delay) == 0:
             _fire()
         else:
             threading.Thread(target=_fire, daemon=True).start()
+
+    def _fire_at_call(function: str, k: str) -> None:
+        calls = {"n": 0}
+
+        def profile(frame, event: str, arg) -> None:
+            if event == "call" and frame.f_code.co_name == function:
+                calls["n"] += 1
+                if calls["n"] == int(k):
+                    os.kill(os.getpid(), getattr(signal, f"SIG{_sig}"))
+
+        sys.setprofile(profile)
 
     sys.addaudithook(_hook)
