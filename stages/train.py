@@ -19,7 +19,7 @@ from vitlab.core import config, contract
 from vitlab.prepared import load_meta, load_split
 from vitlab.training.loop import fit
 from vitlab.vit import runtime
-from vitlab.vit.distributed import init, launched_by_torchrun
+from vitlab.vit.distributed import finish, init, launched_by_torchrun
 from vitlab.vit.models import build_for
 
 
@@ -78,6 +78,7 @@ def main() -> None:
         num_classes=len(meta["classes"]),
         ctx=ctx,
     )
+    finish(ctx)
     if ctx.main:
         best = max(r["val_acc"] for r in history)
         print(f"train@{key}: {len(history)} epochs, best val_acc {best:.4f}")

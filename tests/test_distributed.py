@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -11,12 +10,6 @@ import pytest
 import yaml
 
 from tests.conftest import make_project, run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(root: Path, nproc: int) -> dict:
@@ -27,7 +20,7 @@ def _train(root: Path, nproc: int) -> dict:
     params["train"].update(optimizer="sgd", lr=0.05, weight_decay=0.0)
     params["models"]["M16"]["dropout"] = 0.0  # dropout draws differ per rank; the math must not
     params["runtime"]["nproc_per_node"] = nproc
-    params["runtime"]["torchrun_args"] = f"--master_addr 127.0.0.1 --master_port {_free_port()}"
+    params["runtime"]["torchrun_args"] = "--standalone"  # a free port of its own, race-free
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("stages.fetch", "stages.prepare"):
         run([sys.executable, "-m", stage], root)

@@ -51,3 +51,11 @@ def init(device: torch.device) -> Context:
 def barrier(ctx: Context) -> None:
     if ctx.world > 1:
         dist.barrier()
+
+
+def finish(ctx: Context) -> None:
+    """Leave the process group together: rank 0 may still be writing when the others end, and
+    a rank that exits without this can fail the job in its teardown."""
+    if ctx.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
