@@ -6,8 +6,9 @@ official layout (the 37 real breeds, `--trainval` + `--test` photos a breed) ser
 released key layout) in a scratch torch hub cache, CATR's release file and a vocab, and
 `--photos` photos to caption. Every stage then runs at 384 px, one `dvc repro --single-item`
 at a time under GNU time (seconds and peak memory of its process tree). Only the epochs
-(`--epochs`), the figures' images (4) and L_16's batch (`--l16-batch`: 16 does not fit 24 GB
-of RAM on a CPU) differ from the profile; the report says so.
+(`--epochs`), the figures' images (4), L_16's training batch (`--l16-batch`) and the attention
+maps' batch (`--maps-batch`) differ from the profile: at the profile's 16, L_16's training and
+its gradient rollout do not fit this machine's 24 GB of RAM. The report says so.
 
 From each stage's model passes (how many images went through which model, forward or training
 step, counted from the stage's own outputs) and the analytic FLOPs of a pass, the report gives
@@ -39,11 +40,13 @@ import yaml
 
 from benchmarks import offline
 from benchmarks.dag_profile import stage_order, timed
+from benchmarks.throughput import significant
 from vitlab.captions.catr import RELEASES
 from vitlab.core import config
 from vitlab.core.atomic import write_json, write_text
 from vitlab.profile import apply
 from vitlab.vit.flops import forward_flops
+from vitlab.vit.fused_attention import set_fused_attention
 from vitlab.vit.models import build_model
 
 FULL = {"trainval": 3680, "test": 3669}  # the official lists' sizes
@@ -80,6 +83,7 @@ def prepare_project(root: Path, base: str, md5s: dict, args: argparse.Namespace)
     else:
         apply(params, root / "profiles/catr.yaml")
         changes["models"] = {"L_16": {"train": {"batch_size": args.l16_batch}}}
+        changes["maps"]["batch_size"] = args.maps_batch
         pretrained = root / "inputs/pretrained"
         offline.catr_release(pretrained / RELEASES["v3"].split("/")[1])
         offline.write_vocab(pretrained / "vocab.txt")
@@ -87,9 +91,10 @@ def prepare_project(root: Path, base: str, md5s: dict, args: argparse.Namespace)
     apply(params, write_overlay(root.parent / "overlay.yaml", changes))
 
 
-def saved_bytes_per_image(arch: str, image_size: int, amp: torch.dtype | None) -> int:
-    """Bytes autograd saves for one more image in a training forward (batch 2 minus batch 1)."""
-    model = build_model(arch, num_classes=37, image_size=image_size)
+def saved_bytes_per_image(model: torch.nn.Module, image_size: int, fused: bool) -> int:
+    """Bytes autograd saves for one more image in a bf16 training forward (batch 2 minus
+    batch 1), on the training's attention path (fused: no score matrices kept)."""
+    set_fused_attention(model, fused)
     model.train()
 
     def saved(batch: int) -> int:
@@ -102,7 +107,7 @@ def saved_bytes_per_image(arch: str, image_size: int, amp: torch.dtype | None) -
         x = torch.randn(batch, 3, image_size, image_size)
         with (
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-            torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None),
+            torch.autocast("cpu", dtype=torch.bfloat16),
         ):
             model(x).sum()
         return sum(seen.values())
@@ -156,15 +161,25 @@ def report(
     n, size = split_sizes(root), p.prepare.image_size
     n_full = full_sizes(p.data.oxford_pets.val_fraction)
     archs = {key: m.arch for key, m in p.models.items()}
-    fwd = {
-        key: forward_flops(build_model(a, num_classes=37, image_size=size), size)
-        for key, a in archs.items()
-    }
+    fwd, memory = {}, {}
+    for key, arch in archs.items():  # FLOPs of a forward; training memory at the profile's batch
+        model = build_model(arch, num_classes=37, image_size=size)
+        fwd[key] = forward_flops(model, size)
+        weights = sum(v.numel() for v in model.parameters())
+        per_image = saved_bytes_per_image(model, size, p.runtime.fused_attention)
+        state = weights * (4 + 4 + OPTIMIZER_BYTES[profile["train"]["optimizer"]])
+        memory[key] = {
+            "arch": arch,
+            "weights": weights,
+            "batch": full_batch,
+            "saved_mib_per_image": significant(per_image / 2**20),
+            "gib": significant((state + full_batch * per_image) / 2**30),
+        }
     # a stage's fixed cost (a process importing torch and DVC, no model): select@M's time
     overhead = {
         r["stage"][len("select@") :]: r["seconds"] for r in rows if r["stage"].startswith("select@")
     }
-    photos = sum(n.values()), sum(n_full.values())
+    images = sum(n.values()), sum(n_full.values())
     for r in rows:
         kind, _, key = r["stage"].partition("@")
         ran = passes(r["stage"], root, p, n, args.epochs, p.train_for(key).batch_size if key else 1)
@@ -177,32 +192,19 @@ def report(
             busy = max(r["seconds"] - overhead.get(key, 0.0), 1e-3)
             cpu = overhead.get(key, 0.0) + busy * flops["full"] / flops["ran"]
         elif kind in ("fetch", "prepare"):
-            cpu = r["seconds"] * photos[1] / photos[0]
+            cpu = r["seconds"] * images[1] / images[0]
         else:
             cpu = r["seconds"]
         rate = rates.get(archs.get(key, ""))
         r.update(
             passes=ran,
-            gflop_per_image=round(fwd.get(key, 0) / 1e9, 2),
-            tflop=round(flops["ran"] / 1e12, 2),
+            gflop_per_image=significant(fwd.get(key, 0) / 1e9),
+            tflop=significant(flops["ran"] / 1e12),
             full_passes=full,
-            full_tflop=round(flops["full"] / 1e12, 1),
-            full_cpu_hours=round(cpu / 3600, 2),
-            full_gpu_hours=round(flops["full"] / rate / 3600, 3) if rate else None,
+            full_tflop=significant(flops["full"] / 1e12),
+            full_cpu_hours=significant(cpu / 3600),
+            full_gpu_hours=significant(flops["full"] / rate / 3600) if rate else None,
         )
-    memory = {}
-    for key, arch in archs.items():
-        model = build_model(arch, num_classes=37, image_size=size)
-        weights = sum(v.numel() for v in model.parameters())
-        per_image = saved_bytes_per_image(arch, size, torch.bfloat16)
-        state = weights * (4 + 4 + OPTIMIZER_BYTES[profile["train"]["optimizer"]])
-        memory[key] = {
-            "arch": arch,
-            "weights": weights,
-            "batch": full_batch,
-            "saved_mib_per_image": round(per_image / 2**20, 1),
-            "gib": round((state + full_batch * per_image) / 2**30, 1),
-        }
     return {
         "settings": {
             "breeds": 37,
@@ -213,6 +215,8 @@ def report(
             "epochs": args.epochs,
             "batches": {k: p.train_for(k).batch_size for k in archs},
             "profile_batch": full_batch,
+            "maps_batch": p.maps.batch_size,
+            "profile_maps_batch": profile["maps"]["batch_size"],
             "maps_images": len(MAPS_IMAGES),
             "photos_captioned": 0 if args.tiny else args.photos,
             "tiny": args.tiny,
@@ -220,9 +224,11 @@ def report(
         "full_study": {
             "splits": n_full,
             "epochs": full_epochs,
-            "cpu_days": round(sum(r["full_cpu_hours"] for r in rows) / 24, 1),
+            "cpu_days": significant(sum(r["full_cpu_hours"] for r in rows) / 24),
             "gpu": gpu,
-            "gpu_hours": round(sum(r["full_gpu_hours"] or 0 for r in rows), 2) if rates else None,
+            "gpu_hours": significant(sum(r["full_gpu_hours"] or 0 for r in rows))
+            if rates
+            else None,
         },
         "total_seconds": round(sum(r["seconds"] for r in rows), 1),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
@@ -232,16 +238,23 @@ def report(
     }
 
 
+def num(x: float) -> str:
+    """3 significant figures without an exponent: 110000, 382, 0.0331."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
 def markdown(result: dict) -> str:
     s, f = result["settings"], result["full_study"]
-    gpu = f["gpu"] or "GPU"
+    gpu, rates_given = f["gpu"] or "GPU", f["gpu_hours"] is not None
     lines = [
         f"# The real study at true size on {result['cpus']} CPUs",
         "",
         f"{s['breeds']} breeds x ({s['trainval_per_breed']} trainval + {s['test_per_breed']} "
         f"test) photos served on 127.0.0.1 (splits {s['splits']}), {s['image_size']} px, "
         f"{s['epochs']} epochs, training batches {s['batches']} (the profile's: "
-        f"{s['profile_batch']}; lowered only where 24 GB of RAM cannot hold it), figures of "
+        f"{s['profile_batch']}), maps extracted {s['maps_batch']} images at a time (the "
+        f"profile's: {s['profile_maps_batch']}; batches lowered only where 24 GB of RAM cannot "
+        "hold them), figures of "
         f"{s['maps_images']} images, {s['photos_captioned']} photos captioned. Every stage "
         f"completed: {result['total_seconds']} s, peak {result['peak_rss_mib']} MiB.",
         "",
@@ -259,28 +272,29 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["stages"]:
-        ps = f"{r['passes']['train']} / {r['passes']['forward']}" if r["tflop"] else "-"
-        gpu_h = (
-            "unmeasured"
-            if r["full_gpu_hours"] is None and r["full_tflop"]
-            else (r["full_gpu_hours"] if r["full_tflop"] else "-")
-        )
+        model = bool(r["tflop"])  # a stage that runs a model
+        ps = f"{r['passes']['train']} / {r['passes']['forward']}" if model else "-"
+        gpu_h = "-" if not model else num(r["full_gpu_hours"]) if rates_given else "unmeasured"
         lines.append(
             f"| {r['stage']} | {r['seconds']} | {r['peak_rss_mib']} | "
-            f"{r['gflop_per_image'] or '-'} | {ps} | {r['tflop'] or '-'} | "
-            f"{r['full_tflop'] or '-'} | {r['full_cpu_hours']} | {gpu_h} |"
+            f"{num(r['gflop_per_image']) if model else '-'} | {ps} | "
+            f"{num(r['tflop']) if model else '-'} | {num(r['full_tflop']) if model else '-'} | "
+            f"{num(r['full_cpu_hours'])} | {gpu_h} |"
         )
     lines += [
         "",
-        f"Training memory at the profile's batch of {s['profile_batch']} (fp32 "
-        "weights, gradients and optimizer state, plus the activations autograd saves in "
-        "bf16, counted on this CPU; an 80 GB GPU must hold it):",
+        f"Training memory at the profile's batch of {s['profile_batch']}: fp32 weights, "
+        "gradients and optimizer state, plus the activations autograd saves in bf16, counted "
+        "on this CPU's training path (explicit attention scores wherever attention dropout is "
+        "on, which a GPU's flash attention does not keep, so an upper bound there). An 80 GB "
+        "GPU must hold it:",
         "",
         "| model | arch | weights | saved MiB an image | GiB |",
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {k} | {m['arch']} | {m['weights']:,} | {m['saved_mib_per_image']} | {m['gib']} |"
+        f"| {k} | {m['arch']} | {m['weights']:,} | {num(m['saved_mib_per_image'])} | "
+        f"{num(m['gib'])} |"
         for k, m in result["training_memory_gib"].items()
     ]
     return "\n".join(lines) + "\n"
@@ -310,6 +324,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1, help="test photos a breed")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--l16-batch", type=int, default=4)
+    ap.add_argument("--maps-batch", type=int, default=4)
     ap.add_argument("--photos", type=int, default=2, help="photos CATR captions")
     ap.add_argument("--gpu-throughput", type=Path, default=None)
     ap.add_argument("--tiny", action="store_true", help="micro models at 32 px (smoke test)")

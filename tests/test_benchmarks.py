@@ -109,3 +109,92 @@ def test_catr_caption_benchmark_writes_its_table(tmp_path):
     assert r["speedup_vs_release"] == pytest.approx(r["release_ms_per_token"] / per_token)
     assert r["image_s"] == pytest.approx(r["encode_s"] + r["greedy_s"] + r["maps_s"])
     assert f"| **one image** | **{r['image_s']:.2f}** |" in (out / "catr.md").read_text()
+
+
+def test_true_size_benchmark_runs_every_stage_and_extrapolates(tmp_path):
+    """The real profile's DAG (micro models) on an archive served on 127.0.0.1: every stage
+    runs, the model passes are what the stages did, and the extrapolation follows from them."""
+    from benchmarks.dag_profile import stage_order
+
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "benchmarks.true_size", "--tiny", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    r = json.loads((out / "true_size.json").read_text())
+    stages = {row["stage"]: row for row in r["stages"]}
+    s = r["settings"]
+    repo = [st.partition("@") for st in stage_order(ROOT)]  # every stage of dvc.yaml, each model
+    expected = {k for k, at, _ in repo if not at} | {
+        f"{k}@{model}" for k, at, _ in repo if at for model in s["batches"]
+    }
+    assert sorted(stages) == sorted(expected) and len(stages) == len(r["stages"])
+    assert s["splits"] == {"train": 37, "val": 37, "test": 37}  # 2 + 1 a breed, 1 of 2 to val
+    assert r["full_study"]["splits"] == {"train": 2944, "val": 736, "test": 3669}
+    for key in ("M16", "M32"):
+        batch, epochs = s["batches"][key], s["epochs"]
+        train = stages[f"train@{key}"]
+        assert train["passes"] == {"train": epochs * (37 // batch * batch), "forward": epochs * 37}
+        assert train["full_passes"] == {"train": 30 * 2944, "forward": 30 * 736}
+        assert 3 <= stages[f"evaluate@{key}"]["passes"]["forward"] / (37 + 37) <= 5  # distinct
+        assert 1 <= stages[f"average@{key}"]["passes"]["forward"] / 37 <= 3  # greedy steps
+        assert stages[f"render_attention@{key}"]["passes"]["forward"] == 2 * 3 * 37
+        for name in ("train", "evaluate", "average", "render_attention"):
+            row = stages[f"{name}@{key}"]
+            gflop = row["gflop_per_image"]
+            ran, full = row["passes"], row["full_passes"]
+            assert row["tflop"] == pytest.approx(
+                (3 * ran["train"] + ran["forward"]) * gflop / 1e3, rel=0.01
+            )
+            assert row["full_tflop"] > row["tflop"]  # the full study is larger
+            assert row["full_cpu_hours"] * 3600 > row["seconds"]
+            assert full["train"] + full["forward"] > ran["train"] + ran["forward"]
+            assert row["full_gpu_hours"] is None  # no GPU rates given: unmeasured, not guessed
+        mem = r["training_memory_gib"][key]
+        assert mem["saved_mib_per_image"] > 0 and mem["gib"] > 0
+    for row in r["stages"]:
+        if row["stage"].partition("@")[0] in ("select", "summarize", "render_positions"):
+            assert row["tflop"] == 0 and row["full_cpu_hours"] * 3600 == pytest.approx(
+                row["seconds"], rel=0.01
+            )
+    assert r["full_study"]["gpu_hours"] is None
+    assert r["full_study"]["cpu_days"] == pytest.approx(
+        sum(x["full_cpu_hours"] for x in r["stages"]) / 24, rel=0.01
+    )
+    table = (out / "true_size.md").read_text()
+    assert all(f"| {name} |" in table for name in stages)
+    assert "H100/H200: unmeasured" in table
+
+
+def test_offline_oxford_archives_read_as_the_real_set(tmp_path, monkeypatch):
+    """The stand-in archives, downloaded over loopback HTTP, index as the real set does: the 37
+    breeds in CLASS-ID order, labels from the lists, and trimaps whose pet region holds the pet."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import offline
+    from vitlab.sources.oxford import class_name, fetch_oxford
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    md5s = offline.oxford_archives(tmp_path / "served", trainval=2, test=1)
+    with offline.serve(tmp_path / "served") as base:
+        ds = fetch_oxford(
+            images_url=f"{base}/images.tar.gz",
+            images_md5=md5s["images.tar.gz"],
+            annotations_url=f"{base}/annotations.tar.gz",
+            annotations_md5=md5s["annotations.tar.gz"],
+            cache_dir=tmp_path / "cache",
+            out_root=tmp_path / "raw",
+            val_fraction=0.2,
+            seed=0,
+        )
+    assert (
+        ds.classes == sorted(offline.CATS + offline.DOGS, key=str.lower) and len(ds.classes) == 37
+    )
+    assert ds.mask_format == "trimap" and len(ds.samples) == 37 * 3
+    assert sum(s.split == "test" for s in ds.samples) == 37
+    for s in ds.samples:
+        assert ds.classes[s.label] == class_name(Path(s.image).stem)
+        with Image.open(tmp_path / "raw" / s.image) as im:
+            assert im.format == "JPEG" and im.size == offline.PHOTO
+        trimap = np.asarray(Image.open(tmp_path / "raw" / s.mask))
+        assert set(np.unique(trimap)) == {1, 2, 3}
+        assert 0.05 < (trimap == 1).mean() < 0.6  # an animal, not the whole frame

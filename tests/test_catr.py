@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from benchmarks.offline import write_vocab
 from vitlab.captions.catr import (
     CLS_ID,
     SEP_ID,
@@ -451,17 +452,11 @@ VOCAB_IDS = {  # bert-base-uncased's ids up to "."; the rest only need to be dis
 }
 
 
-def write_vocab(path: Path, ids: dict[str, int] = VOCAB_IDS) -> Path:
-    tokens = [f"filler{i}" for i in range(30522)]
-    for token, i in ids.items():
-        tokens[i] = token
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory) -> WordPiece:
-    return WordPiece.load(write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt"))
+    return WordPiece.load(
+        write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt", ids=VOCAB_IDS)
+    )
 
 
 def test_wordpiece_decodes_the_reference_caption(vocab):
@@ -474,7 +469,7 @@ def test_wordpiece_decodes_the_reference_caption(vocab):
 
 
 def test_wordpiece_rejects_a_foreign_vocab(tmp_path, vocab):
-    bad = write_vocab(tmp_path / "vocab.txt", {**VOCAB_IDS, "[CLS]": 5, "[SEP]": 6})
+    bad = write_vocab(tmp_path / "vocab.txt", ids={**VOCAB_IDS, "[CLS]": 5, "[SEP]": 6})
     with pytest.raises(VitlabError) as e:
         WordPiece.load(bad)
     one_line(e, "vocab.txt", "[CLS]")

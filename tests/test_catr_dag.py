@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from benchmarks.offline import SPECIALS, write_vocab
 from tests.conftest import AUDIT, ROOT, make_project, run
 from tests.test_dag_deps import IGNORED_READS, _covered, stage_table
 from vitlab.captions import photos, pretrained
@@ -31,15 +32,6 @@ from vitlab.vit.models import build_model
 RELEASE = RELEASES["v3"].split("/")[1]  # weight493084032.pth
 GOOD = ("grey.jpg", "grey16.png", "rgba.png")  # 8-bit grey JPEG, 16-bit grey and RGBA PNGs
 BAD = ("empty.jpg", "broken.png", "tiny.png")  # 0 bytes, not an image, 10 x 10 px
-SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
-
-
-def write_vocab(path: Path, n: int = 30522, ids: dict[str, int] = SPECIALS) -> Path:
-    tokens = [f"w{i}" for i in range(n)]
-    for token, i in ids.items():
-        tokens[i] = token
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
 
 
 def write_photos(folder: Path) -> None:
