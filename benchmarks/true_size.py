@@ -13,14 +13,15 @@ its gradient rollout do not fit this machine's 24 GB of RAM. The report says so.
 From each stage's model passes (how many images went through which model, forward or training
 step, counted from the stage's own outputs) and the analytic FLOPs of a pass, the report gives
 the full study's cost (3,680 trainval + 3,669 test photos, the profile's epochs):
-- on this machine, each stage's time scaled by its FLOPs (data stages by photos);
+- on this machine, each stage's busy time scaled by its FLOPs (its fixed cost, a process
+  loading torch and DVC, taken as select@M's time; data stages scale by photos);
 - on a GPU, by the FLOP rates `benchmarks.throughput --preset gpu` measured there
   (`--gpu-throughput` its json); without one, the GPU times say unmeasured;
 - each model's training memory at the profile's batch: weights, gradients and optimizer state,
-  plus the activations autograd saves for one image (counted here, at the run's precision).
+  plus the activations autograd saves for one image in bf16 (counted here).
 Writes reports/bench/true_size.{json,md}.
 
-    python -m benchmarks.true_size                  # about an hour on 2 CPU cores
+    python -m benchmarks.true_size                  # 43 min on 2 CPU cores; --keep keeps it
     python -m benchmarks.true_size --tiny --out DIR # micro models at 32 px: the smoke test's
 """
 
