@@ -43,8 +43,9 @@ from benchmarks import offline
 from benchmarks.dag_profile import stage_order, timed
 from benchmarks.throughput import significant
 from vitlab.captions.catr import RELEASES
-from vitlab.core import config
+from vitlab.core import config, contract
 from vitlab.core.atomic import write_json, write_text
+from vitlab.prepared import load_meta
 from vitlab.profile import apply
 from vitlab.vit.flops import forward_flops
 from vitlab.vit.fused_attention import set_fused_attention
@@ -117,7 +118,7 @@ def saved_bytes_per_image(model: torch.nn.Module, image_size: int, fused: bool) 
 
 
 def split_sizes(root: Path) -> dict[str, int]:
-    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    meta = load_meta(root / contract.PREPARED)
     return {s: v["count"] for s, v in meta["splits"].items()}
 
 
@@ -132,19 +133,20 @@ def passes(
     p: config.Params,
     n: dict[str, int],
     epochs: int,
-    batch: int | None = None,
+    drop_last: bool = True,
 ) -> dict[str, int]:
     """{"train": images through a training step, "forward": images through a forward pass}
-    of one stage, counted from its outputs in root (`batch`: the training batch, drop_last)."""
+    of one stage, counted from its outputs in root (`drop_last`: a partial batch is dropped, as
+    training does; off for the full study, where it is noise)."""
     kind, _, key = stage.partition("@")
     if kind == "train":
-        steps = n["train"] // batch * batch if batch else n["train"]
-        return {"train": epochs * steps, "forward": epochs * n["val"]}
+        batch = p.train_for(key).batch_size if drop_last else 1
+        return {"train": epochs * (n["train"] // batch * batch), "forward": epochs * n["val"]}
     if kind == "average":
-        soups = json.loads((root / f"models/{key}/soups.json").read_text())
+        soups = json.loads((root / contract.soups(key)).read_text())
         return {"train": 0, "forward": len(soups["greedy"]["steps"]) * n["val"]}
     if kind == "evaluate":
-        report = json.loads((root / f"reports/eval/{key}.json").read_text())
+        report = json.loads((root / contract.eval_report(key)).read_text())
         distinct = {tuple(sorted(v["epochs"])) for v in report["variants"].values()}
         return {"train": 0, "forward": len(distinct) * (n["val"] + n["test"])}
     if kind == "render_attention":  # the whole split, each variant; grad_rollout: + a backward
@@ -183,8 +185,8 @@ def report(
     images = sum(n.values()), sum(n_full.values())
     for r in rows:
         kind, _, key = r["stage"].partition("@")
-        ran = passes(r["stage"], root, p, n, args.epochs, p.train_for(key).batch_size if key else 1)
-        full = passes(r["stage"], root, p, n_full, full_epochs)
+        ran = passes(r["stage"], root, p, n, args.epochs)
+        full = passes(r["stage"], root, p, n_full, full_epochs, drop_last=False)
         flops = {
             k: (3 * v["train"] + v["forward"]) * fwd.get(key, 0)
             for k, v in (("ran", ran), ("full", full))
