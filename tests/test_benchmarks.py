@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from benchmarks.gemm_ceiling import matmul_flops, products_seconds, record_products
+from benchmarks.throughput import train_step
+from vitlab.vit.flops import forward_flops
+from vitlab.vit.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ["stock", "hf_fp32", "hf_bf16", "compiled_stock"]
@@ -75,6 +81,8 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
         assert all(0 < u < 1 for u in shares)
         assert row["fast_util"] == row["util"]["fast_bf16" if bf16 else "fast_fp32"]
         assert row["fast_util_top_peak"] <= row["fast_util"]  # the top peak is the higher one
+        # the step runs its products and more: alone they reach a higher share, still below 1
+        assert row["fast_util_top_peak"] < row["fast_util_ceiling"] < 1
         aim = row["aim"]
         meets = row["fast_over_best_peer"] >= aim["fast_over_best_peer"] and (
             aim["fast_util_top_peak"] is None
@@ -198,3 +206,18 @@ def test_offline_oxford_archives_read_as_the_real_set(tmp_path, monkeypatch):
         trimap = np.asarray(Image.open(tmp_path / "raw" / s.mask))
         assert set(np.unique(trimap)) == {1, 2, 3}
         assert 0.05 < (trimap == 1).mean() < 0.6  # an animal, not the whole frame
+
+
+def test_the_ceiling_replays_every_product_of_forward_and_backward():
+    """The products recorded from one training step are the model's matmuls three times over
+    (forward, and the gradients of both operands), and replaying them takes time."""
+    cpu = torch.device("cpu")
+    step = train_step("fast_bf16", "vitlab_micro_16", 32, 4, cpu, compile_fast=False)
+    calls = record_products(step)
+    model = build_model("vitlab_micro_16", num_classes=37, image_size=32)
+    patches, channels, patch, dim = 16, 3, 8, 32
+    embedding = 2 * patches * channels * patch * patch * dim  # a convolution: not a matmul
+    assert matmul_flops(calls) == 4 * 3 * (forward_flops(model, 32) - embedding)
+    dtypes = {a.dtype for _, args, _ in calls for a in args if hasattr(a, "dtype")}
+    assert dtypes == {torch.bfloat16}  # as autocast gave them to the kernels
+    assert products_seconds(calls, cpu, rounds=2) > 0
