@@ -6,9 +6,10 @@ official layout (the 37 real breeds, `--trainval` + `--test` photos a breed) ser
 released key layout) in a scratch torch hub cache, CATR's release file and a vocab, and
 `--photos` photos to caption. Every stage then runs at 384 px, one `dvc repro --single-item`
 at a time under GNU time (seconds and peak memory of its process tree). Only the epochs
-(`--epochs`), the figures' images (4), L_16's training batch (`--l16-batch`) and the attention
-maps' batch (`--maps-batch`) differ from the profile: at the profile's 16, L_16's training and
-its gradient rollout do not fit this machine's 24 GB of RAM. The report says so.
+(`--epochs`), the figures' images (4) and L_16's training batch (`--l16-batch`) differ from the
+profile: at the profile's 16, L_16's training does not fit this machine's 24 GB of RAM. The
+report says so. The attention maps keep the profile's batch unless `--maps-batch` is given:
+render_attention lowers it to what the free memory holds and prints the batch it used.
 
 From each stage's model passes (how many images went through which model, forward or training
 step, counted from the stage's own outputs) and the analytic FLOPs of a pass, the report gives
@@ -85,7 +86,8 @@ def prepare_project(root: Path, base: str, md5s: dict, args: argparse.Namespace)
     else:
         apply(params, root / "profiles/catr.yaml")
         changes["models"] = {"L_16": {"train": {"batch_size": args.l16_batch}}}
-        changes["maps"]["batch_size"] = args.maps_batch
+        if args.maps_batch:
+            changes["maps"]["batch_size"] = args.maps_batch
         pretrained = root / "inputs/pretrained"
         offline.catr_release(pretrained / RELEASES["v3"].split("/")[1])
         offline.write_vocab(pretrained / "vocab.txt")
@@ -255,9 +257,9 @@ def markdown(result: dict) -> str:
         f"{s['breeds']} breeds x ({s['trainval_per_breed']} trainval + {s['test_per_breed']} "
         f"test) photos served on 127.0.0.1 (splits {s['splits']}), {s['image_size']} px, "
         f"{s['epochs']} epochs, training batches {s['batches']} (the profile's: "
-        f"{s['profile_batch']}), maps extracted {s['maps_batch']} images at a time (the "
-        f"profile's: {s['profile_maps_batch']}; batches lowered only where 24 GB of RAM cannot "
-        "hold them), figures of "
+        f"{s['profile_batch']}; lowered only where 24 GB of RAM cannot hold it), maps asked "
+        f"for {s['maps_batch']} images at a time (the profile's: {s['profile_maps_batch']}; "
+        "render_attention lowers it to what free memory holds), figures of "
         f"{s['maps_images']} images, {s['photos_captioned']} photos captioned. Every stage "
         f"completed: {result['total_seconds']} s, peak {result['peak_rss_mib']} MiB.",
         "",
@@ -327,7 +329,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1, help="test photos a breed")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--l16-batch", type=int, default=4)
-    ap.add_argument("--maps-batch", type=int, default=4)
+    ap.add_argument("--maps-batch", type=int, default=None, help="(default: the profile's)")
     ap.add_argument("--photos", type=int, default=2, help="photos CATR captions")
     ap.add_argument("--gpu-throughput", type=Path, default=None)
     ap.add_argument("--tiny", action="store_true", help="micro models at 32 px (smoke test)")

@@ -19,6 +19,7 @@ from vitlab.core.atomic import atomic_dir, write_json
 from vitlab.core.errors import VitlabError
 from vitlab.maps.figures import attention_figure
 from vitlab.maps.grounding import grounding_scores
+from vitlab.maps.memory import extraction_batch
 from vitlab.maps.rollout import grid_shape, split_maps, upsample
 from vitlab.prepared import load_meta, load_split
 from vitlab.vit import runtime
@@ -48,6 +49,9 @@ def main() -> None:
     model = build_for(
         params.models[key], num_classes=len(classes), image_size=meta["image_size"]
     ).to(rt.device)
+    batch_size, lowered = extraction_batch(model, cfg.methods, cfg.batch_size, rt.device)
+    if lowered:
+        print(f"render_attention@{key}: {lowered}")
     images, masks = np.asarray(split.images[indices]), np.asarray(split.masks[indices])
     labels = split.labels[indices]
     size = tuple(images.shape[1:3])
@@ -57,7 +61,7 @@ def main() -> None:
         for name in cfg.variants:
             v = table[name]
             load_checkpoint(model, v.checkpoint)
-            maps, logits = split_maps(model, split, cfg.methods, batch_size=cfg.batch_size,
+            maps, logits = split_maps(model, split, cfg.methods, batch_size=batch_size,
                                       device=rt.device, head_fusion=cfg.head_fusion)  # fmt: skip
             scores[name] = {m: grounding_scores(maps[m], split.masks) for m in cfg.methods}
             shown = logits.argmax(1)[indices]
