@@ -33,6 +33,17 @@ def test_every_lane_drops_at_the_rounded_rate_and_the_mean_is_kept(p):
     assert y.mean().item() == pytest.approx(1.0, abs=3e-3)
 
 
+def test_bf16_activations_are_scaled_by_the_exact_keep_rate_then_rounded_once():
+    """A bf16-rounded scale (1.109375 for 1/0.9) would shrink every kept value by 0.16%."""
+    torch.manual_seed(0)
+    x = torch.rand(1 << 20).bfloat16() + 1  # many mantissas: rounding errors average out
+    y = FastDropout(0.1).train()(x)
+    kept = y != 0
+    assert y.dtype == torch.bfloat16
+    ratio = (y[kept].float() / x[kept].float()).mean().item()
+    assert ratio == pytest.approx(LEVELS / (LEVELS - drop_threshold(0.1)), rel=1e-4)
+
+
 def test_masks_follow_the_seed_and_odd_shapes_work():
     x = torch.randn(3, 7, 5)
     torch.manual_seed(1)
