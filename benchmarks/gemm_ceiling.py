@@ -49,7 +49,7 @@ class _Recorder(TorchDispatchMode):
         super().__init__()
         self.calls: list[tuple[Any, list, dict]] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in PRODUCTS:
             spec = [_Spec(a) if isinstance(a, torch.Tensor) else a for a in args]

@@ -6,7 +6,9 @@ maps.split: pointing game and energy inside the object mask, beside a uniform ma
 energy_uniform, n}}}). For the images maps.images of that split: one figure per (method,
 variant) with the maps overlaid, true and predicted labels in the panel titles; beside each,
 the maps exactly as scored and drawn (n, H, W at image resolution) and on the patch grid;
-attention/manifest.json says what each file shows.
+attention/manifest.json says what each file shows. Maps are extracted maps.batch_size images
+at a time, or fewer when free memory cannot hold that many (vitlab.maps.memory): one line says
+so, and the maps are the same.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How many images the attention-map extraction can take at once in the memory at hand.
 
 Gradient rollout keeps every layer's graph: autograd's saved tensors plus a gradient for each
-attention matrix, about 2 GB an image for L_16 at 384 px. A batch that does not fit is killed
+attention matrix: 1.8 GiB an image for L_16 at 384 px. A batch that does not fit is killed
 by the kernel with no message of its own. So the stage sizes its batch first. It runs one
 image and counts the bytes that image adds: autograd's saved tensors (parameters excluded),
 plus its attention matrices, kept or differentiated. It then takes as many images as fit in a
