@@ -53,6 +53,7 @@ def test_masks_follow_the_seed_and_odd_shapes_work():
     c = FastDropout(0.3).train()(x)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(FastDropout(0.99999).train()(x), torch.zeros_like(x))  # rounds to 1
 
 
 def test_the_gradient_is_the_mask_times_the_scale():

@@ -45,7 +45,7 @@ class FastDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        if self.p >= 1:
+        if drop_threshold(self.p) >= LEVELS:  # p within 1/65536 of 1 drops every lane
             return x * 0
         kept = x * keep_mask(x.shape, self.p).to(x.dtype)
         return kept.mul_(LEVELS / (LEVELS - drop_threshold(self.p)))
