@@ -6,15 +6,13 @@ local folder. Whatever the source, the output is data/raw/{dataset.json,index.cs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-
-from PIL import Image
 
 from stages._common import cli, load_params
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir
 from vitlab.core.errors import VitlabError
-from vitlab.core.generated import PNG_OPTIONS
 from vitlab.sources import synthetic
 from vitlab.sources.rawdata import SPLITS, RawDataset, Sample, write_index
 
@@ -35,15 +33,15 @@ def fetch_synthetic(p: config.SyntheticData, out: Path) -> RawDataset:
         classes = synthetic.class_names(num_classes)
     except ValueError as e:
         raise VitlabError(f"data.synthetic.num_classes: {e}") from e
+    workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the files are the same
     samples = []
     for split in SPLITS:
         (out / split).mkdir(parents=True)
-        gen = synthetic.generate(split, per_class[split], num_classes, p.size, p.seed, d)
-        for i, label, image, mask in gen:
-            img_rel, mask_rel = f"{split}/{i:05d}.png", f"{split}/{i:05d}_mask.png"
-            Image.fromarray(image).save(out / img_rel, **PNG_OPTIONS)
-            Image.fromarray(mask.astype("uint8") * 255).save(out / mask_rel, **PNG_OPTIONS)
-            samples.append(Sample(img_rel, label, split, mask_rel))
+        written = synthetic.write_split(
+            out / split, split, per_class[split], num_classes, p.size, p.seed, d, workers=workers
+        )
+        samples += [Sample(f"{split}/{img}", label, split, f"{split}/{mask}")
+                    for img, mask, label in written]  # fmt: skip
     return RawDataset(classes, "binary", "synthetic", samples)
 
 

@@ -12,11 +12,12 @@ CATR reads them (unreadable ones counted and skipped, each said in a line) and c
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from stages._common import cli, load_params
-from vitlab.captions import photos, scenes, store
+from vitlab.captions import scenes, store
 from vitlab.captions.karpathy import read_karpathy
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir
@@ -33,6 +34,8 @@ def scene_config(c: config.Captions) -> scenes.SceneConfig:
 
 def fetch_originals(c: config.Captions, out: Path) -> str:
     """The photos CATR captions, copied into `out`; the summary of what was kept."""
+    from vitlab.captions import photos  # checks photos as CATR reads them: imports torch
+
     if c.source == "folder":
         where, dataset = c.folder.path, Path(c.folder.path).name
         found = photos.folder_photos(Path(where))
@@ -60,12 +63,10 @@ def main() -> None:
             counts = fetch_originals(c, tmp)
         elif source == "synthetic":
             s = c.synthetic
-            cfg = scene_config(c)
-            counts = s.counts.model_dump()
-            generated = {
-                split: scenes.generate(cfg, s.seed, split, 0, n) for split, n in counts.items()
-            }
-            counts = store.write_scenes(tmp, generated, cfg, s.seed)
+            workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the same files
+            counts = store.write_scenes(
+                tmp, s.counts.model_dump(), scene_config(c), s.seed, workers=workers
+            )
         else:
             k = c.karpathy
             items = read_karpathy(Path(k.json_path), Path(k.images))

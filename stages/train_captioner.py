@@ -12,8 +12,10 @@ no resume state to keep), importing nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 
 from stages._common import cli, load_params
@@ -44,9 +46,9 @@ def fit(params: config.Params) -> None:
     """Train the captioner of captions.model (resuming a run of the same configuration)."""
     import torch
 
-    from vitlab.captions import scenes, store
+    from vitlab.captions import store
     from vitlab.captions.build import build_captioner
-    from vitlab.captions.dataset import CaptionSet, from_scenes
+    from vitlab.captions.fresh import FreshScenes
     from vitlab.captions.model import config_dict
     from vitlab.captions.train import fit_captioner
     from vitlab.captions.vocab import Vocab
@@ -67,13 +69,6 @@ def fit(params: config.Params) -> None:
     tc = c.train
     gen = store.generator(contract.CAPTION_DATA)
 
-    def train_set(epoch: int) -> CaptionSet:
-        if epoch == 1 or not tc.fresh_scenes or gen is None:
-            return train
-        cfg, seed = gen
-        n = len(train)
-        return from_scenes(scenes.generate(cfg, seed, "train", (epoch - 1) * n, n), [""] * n)
-
     state, placeholder = contract.CAPTIONER_STATE, PLACEHOLDER.encode()
     small = state.is_file() and state.stat().st_size == len(placeholder)
     if small and state.read_bytes() == placeholder:
@@ -84,7 +79,13 @@ def fit(params: config.Params) -> None:
             "data": hashlib.sha256((contract.CAPTION_DATA / "captions.json").read_bytes())
             .hexdigest()}  # fmt: skip
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    if tc.fresh_scenes and gen is not None:
+        workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the same scenes
+        train_set = FreshScenes(train, *gen, workers=workers)
+    else:
+        train_set = contextlib.nullcontext(lambda epoch: train)
     with (
+        train_set as train_set,
         atomic_dir(contract.CAPTION_TRAIN) as live_tmp,
         atomic_dir(contract.CAPTIONER) as model_tmp,
     ):

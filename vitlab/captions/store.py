@@ -13,40 +13,70 @@ listing each one's key and references (none for a folder of photos) and the skip
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from vitlab.captions.dataset import CaptionSet
 from vitlab.captions.karpathy import CaptionedImage, read_karpathy
-from vitlab.captions.photos import Photo
-from vitlab.captions.scenes import Scene, SceneConfig
+from vitlab.captions.scenes import SceneConfig, generate
 from vitlab.core.atomic import write_json
 from vitlab.core.errors import VitlabError
 from vitlab.core.generated import PNG_OPTIONS
+from vitlab.core.workers import process_pool
+
+if TYPE_CHECKING:  # both import torch, which writing generated scenes does not need
+    from vitlab.captions.dataset import CaptionSet
+    from vitlab.captions.photos import Photo
 
 CAPTIONS_FILE = "captions.json"
 SPLITS = ("train", "val", "test")
 ORIGINALS = "originals"  # the captions.json format of a pretrained captioner's images
 
 
+def _write_scene_range(job: tuple) -> list[tuple[list[str], list[int]]]:
+    root, cfg, seed, split, lo, hi = job
+    written = []
+    for i, s in enumerate(generate(cfg, seed, split, lo, hi - lo), start=lo):
+        name = f"{i:05d}.png"
+        Image.fromarray(s.image).save(root / "images" / split / name, **PNG_OPTIONS)
+        Image.fromarray(s.mask).save(root / "masks" / split / name, **PNG_OPTIONS)
+        written.append((s.tokens, s.token_objects))
+    return written
+
+
 def write_scenes(
-    root: str | os.PathLike[str], scenes: dict[str, list[Scene]], cfg: SceneConfig, seed: int
+    root: str | os.PathLike[str],
+    counts: dict[str, int],
+    cfg: SceneConfig,
+    seed: int,
+    *,
+    workers: int = 1,
 ) -> dict[str, int]:
-    """Write generated scenes (images, masks, captions.json) into `root`; counts per split."""
+    """Generate scenes 0..n-1 of each split and write them (images, masks, captions.json)
+    into `root`, in `workers` processes; the folder does not depend on how many. Returns the
+    counts per split."""
     root = Path(root)
-    images = []
-    for split, items in scenes.items():
+    jobs = []
+    for split, n in counts.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for i, s in enumerate(items):
+        bounds = [n * k // workers for k in range(workers + 1)]
+        jobs += [(root, cfg, seed, split, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+    if workers > 1:
+        with process_pool(workers) as pool:
+            chunks = list(pool.map(_write_scene_range, jobs))
+    else:
+        chunks = [_write_scene_range(job) for job in jobs]
+    images = []
+    for (_, _, _, split, lo, _), chunk in zip(jobs, chunks, strict=True):
+        for i, (tokens, token_objects) in enumerate(chunk, start=lo):
             name = f"{i:05d}.png"
-            Image.fromarray(s.image).save(root / "images" / split / name, **PNG_OPTIONS)
-            Image.fromarray(s.mask).save(root / "masks" / split / name, **PNG_OPTIONS)
             images.append(
                 {
                     "filepath": f"images/{split}",
@@ -55,7 +85,7 @@ def write_scenes(
                     "imgid": len(images),
                     "mask": f"masks/{split}/{name}",
                     "sentences": [
-                        {"tokens": s.tokens, "raw": s.caption, "token_objects": s.token_objects}
+                        {"tokens": tokens, "raw": " ".join(tokens), "token_objects": token_objects}
                     ],
                 }
             )
@@ -65,7 +95,7 @@ def write_scenes(
         "images": images,
     }
     write_json(root / CAPTIONS_FILE, doc)
-    return {split: len(items) for split, items in scenes.items()}
+    return dict(counts)
 
 
 def write_resized(
@@ -124,6 +154,8 @@ def _rgb(path: Path) -> np.ndarray:
 
 def load_split(items: list[CaptionedImage], split: str) -> CaptionSet:
     """The images of one split in memory (masks/token objects when every image has them)."""
+    from vitlab.captions.dataset import CaptionSet
+
     chosen = [it for it in items if it.split == split]
     if not chosen:
         raise VitlabError(f"the {split!r} caption split is empty; check the caption data")
@@ -163,6 +195,8 @@ def write_originals(
 
 def read_originals(root: str | os.PathLike[str]) -> list[Photo]:
     """The images write_originals left in `root`, as Photos of the copies."""
+    from vitlab.captions.photos import Photo
+
     root = Path(root)
     path = root / CAPTIONS_FILE
     doc = json.loads(path.read_text()) if path.is_file() else {}

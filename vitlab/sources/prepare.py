@@ -12,12 +12,12 @@ import hashlib
 import logging
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
 
+from vitlab.core.workers import process_pool
 from vitlab.sources.rawdata import RawDataset, Sample, resolve
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def prepare_split(
     chunks = [samples[i : i + 256] for i in range(0, len(samples), 256)]
     jobs = [(root, c, size, ds.mask_format) for c in chunks]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             results = [r for chunk in pool.map(_load_chunk, jobs) for r in chunk]
     else:
         results = [r for job in jobs for r in _load_chunk(job)]

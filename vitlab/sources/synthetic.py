@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from vitlab.core.generated import COLOURS, SPLIT_IDS
+from vitlab.core.generated import COLOURS, PNG_OPTIONS, SPLIT_IDS
+from vitlab.core.workers import process_pool
 
 PATTERNS = ("solid", "stripes", "dots", "checks", "net")
 
@@ -109,11 +112,32 @@ def render(label: int, size: int, rng: np.random.Generator, d: Difficulty) -> tu
     return img.clip(0, 255).astype(np.uint8), mask
 
 
-def generate(split: str, per_class: int, num_classes: int, size: int, seed: int, d: Difficulty):
-    """Yield (index, label, image, mask) for a balanced split, deterministically from the seed."""
-    class_names(num_classes)  # validates num_classes
-    for i in range(per_class * num_classes):
-        label = i % num_classes
+def _write_range(job: tuple) -> None:
+    out, split, lo, hi, num_classes, size, seed, d = job
+    for i in range(lo, hi):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-        image, mask = render(label, size, rng, d)
-        yield i, label, image, mask
+        image, mask = render(i % num_classes, size, rng, d)
+        Image.fromarray(image).save(out / f"{i:05d}.png", **PNG_OPTIONS)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{i:05d}_mask.png", **PNG_OPTIONS)
+
+
+def write_split(
+    out: Path, split: str, per_class: int, num_classes: int, size: int, seed: int, d: Difficulty,
+    *, workers: int = 1,
+) -> list[tuple[str, str, int]]:  # fmt: skip
+    """Write a balanced split as out/NNNNN.png and NNNNN_mask.png (image i is of class
+    i % num_classes), rendered in `workers` processes; the files do not depend on how many.
+    Returns (image, mask, label) per image, in index order."""
+    class_names(num_classes)  # validates num_classes
+    n = per_class * num_classes
+    bounds = [n * k // workers for k in range(workers + 1)]
+    jobs = [
+        (out, split, lo, hi, num_classes, size, seed, d) for lo, hi in itertools.pairwise(bounds)
+    ]
+    if workers > 1:
+        with process_pool(workers) as pool:
+            list(pool.map(_write_range, jobs))
+    else:
+        for job in jobs:
+            _write_range(job)
+    return [(f"{i:05d}.png", f"{i:05d}_mask.png", i % num_classes) for i in range(n)]

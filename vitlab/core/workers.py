@@ -1,0 +1,37 @@
+"""Worker process pools that end with the stage that started them.
+
+A stage killed mid-way (SIGKILL, the OOM killer) must not leave its pool's workers behind: they
+would hold its stdout open, so whoever reads it (a test, a flow, a terminal pipe) waits for
+ever, and keep their memory. A pool's queues do not tell them: each worker holds a writing end
+of its own call queue. So on Linux each worker asks the kernel to kill it when its parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def process_pool(workers: int, *, spawn: bool = False) -> ProcessPoolExecutor:
+    """`workers` processes that die with this one. `spawn` starts them fresh instead of forking
+    this process: needed once torch's thread pools run here, which a forked child must not
+    inherit."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn" if spawn else "fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
