@@ -29,6 +29,7 @@ from vitlab.training.steps import (
     decay_groups,
     epoch_seed,
     load_resume,
+    make_optimizer,
     make_scheduler,
     optimizer_step,
 )
@@ -86,7 +87,8 @@ def fit_captioner(
             f"captions.train.batch_size {cfg.batch_size} exceeds the {n_pairs} training captions"
         )
     # "pos": the encoder's pos_embedding and the decoder's `pos` table
-    opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay, position_key="pos"), lr=cfg.lr)
+    groups = decay_groups(model, cfg.weight_decay, position_key="pos")
+    opt = make_optimizer(groups, "adamw", cfg.lr, 0.0, device)
     sched = make_scheduler(opt, steps, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs)
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
     refs = val.captions
