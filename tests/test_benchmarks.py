@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,27 @@ def test_the_ceiling_replays_every_product_of_forward_and_backward():
     dtypes = {a.dtype for _, args, _ in calls for a in args if hasattr(a, "dtype")}
     assert dtypes == {torch.bfloat16}  # as autocast gave them to the kernels
     assert products_seconds(calls, cpu, rounds=2) > 0
+
+
+def test_dag_profile_times_each_stage_of_one_real_repro(tmp_path):
+    """One `dvc repro` of two stages in a scratch git repo: each stage's seconds and the peak
+    memory of its own process, the second stage's 300 MiB included, the first's not."""
+    from benchmarks.dag_profile import profile_repro
+
+    py = sys.executable
+    stages = {
+        "small": {"cmd": f"{py} -c \"import time; time.sleep(1); open('a', 'w').write('a')\"",
+                  "outs": ["a"]},
+        "big": {"cmd": f"{py} -c \"import time; b = b'x' * (300 << 20); time.sleep(0.5); "
+                       "open('b', 'w').write('b')\"",
+                "deps": ["a"], "outs": ["b"]},
+    }  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text(json.dumps({"stages": stages}))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([py, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    seconds, rows = profile_repro([py, "-m", "dvc", "repro"], tmp_path, {**os.environ})
+    assert [r["stage"] for r in rows] == ["small", "big"]
+    assert rows[0]["seconds"] >= 1 and rows[1]["seconds"] >= 0.5
+    assert seconds > rows[0]["seconds"] + rows[1]["seconds"] - 0.2  # rows are rounded
+    assert rows[1]["peak_rss_mib"] >= 300 > rows[0]["peak_rss_mib"] > 0
+    assert (tmp_path / "b").read_text() == "b"
