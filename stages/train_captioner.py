@@ -76,6 +76,7 @@ def fit(params: config.Params) -> None:
     torch.manual_seed(tc.seed)
     model = build_captioner(c, len(vocab), for_training=True)
     spec = {"captions": c.model_dump(mode="json", by_alias=True), "device": str(rt.device),
+            "amp": str(rt.amp),
             "data": hashlib.sha256((contract.CAPTION_DATA / "captions.json").read_bytes())
             .hexdigest()}  # fmt: skip
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -96,6 +97,7 @@ def fit(params: config.Params) -> None:
             val,
             tc,
             device=rt.device,
+            amp=rt.amp,
             live_dir=live_tmp,
             progress=rt.progress,
             state_path=contract.CAPTIONER_STATE,

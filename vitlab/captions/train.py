@@ -33,6 +33,7 @@ from vitlab.training.steps import (
     make_scheduler,
     optimizer_step,
 )
+from vitlab.vit.device import autocast
 
 
 @torch.no_grad()
@@ -66,6 +67,7 @@ def fit_captioner(
     cfg: config.CaptionTrain,
     *,
     device: torch.device,
+    amp: torch.dtype | None = None,
     live_dir: str | Path,
     progress: bool = True,
     state_path: Path | None = None,
@@ -114,8 +116,9 @@ def fit_captioner(
             data, vocab, cfg.batch_size, max_len=model.cfg.max_len, generator=gen, drop_last=True
         ):
             ids = ids.to(device)
-            logits, _ = model(to_images(imgs, device), ids[:, :-1])
-            loss = caption_loss(logits, ids[:, 1:], vocab.pad, cfg.label_smoothing)
+            with autocast(device, amp):
+                logits, _ = model(to_images(imgs, device), ids[:, :-1])
+                loss = caption_loss(logits, ids[:, 1:], vocab.pad, cfg.label_smoothing)
             check_finite("the loss", loss.detach(), where=f"train_captioner, epoch {epoch}",
                          advice=advice)  # fmt: skip
             optimizer_step(loss, model, opt, sched, cfg.grad_clip)
