@@ -8,7 +8,7 @@ the kernel's high-water mark while it runs. Ends with a second `dvc repro`, whic
 no-op, and writes reports/bench/dag.{json,md}.
 
     python -m benchmarks.dag_profile                 # default profile, fresh clone
-    python -m benchmarks.dag_profile --root . --keep # profile this checkout in place
+    python -m benchmarks.dag_profile --root DIR      # a checkout none of whose stages ran yet
 """
 
 from __future__ import annotations
@@ -141,9 +141,12 @@ def main() -> None:
         total, rows = profile_repro([*dvc, "repro"], root, env)
         expected = stage_order(root)
         if sorted(r["stage"] for r in rows) != sorted(expected):
-            sys.exit(f"dvc repro ran {[r['stage'] for r in rows]}, not every stage {expected}")
+            sys.exit(f"dvc repro ran {[r['stage'] for r in rows]}, not every stage {expected}: "
+                     "some were up to date or restored from DVC's cache; profile a fresh clone "
+                     "(leave out --root)")  # fmt: skip
         noop_s, _, noop_out = timed([*dvc, "repro"], root, env)
         result = {
+            "where": "a fresh clone" if scratch else str(root),
             "total_seconds": round(total, 1),
             "stage_seconds": round(sum(r["seconds"] for r in rows), 1),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
@@ -159,7 +162,7 @@ def main() -> None:
     lines = [
         f"# `dvc repro` of the default DAG on {result['cpus']} CPUs",
         "",
-        f"`dvc repro` from a fresh clone took {result['total_seconds']} s (the stages "
+        f"`dvc repro` in {result['where']} took {result['total_seconds']} s (the stages "
         f"{result['stage_seconds']} s, DVC's startup the rest); peak memory "
         f"{result['peak_rss_mib']} MiB; a second `dvc repro` took "
         f"{result['second_repro_seconds']} s "
