@@ -39,14 +39,14 @@ SPLITS = ("train", "val", "test")
 ORIGINALS = "originals"  # the captions.json format of a pretrained captioner's images
 
 
-def _write_scene_range(job: tuple) -> list[tuple[list[str], list[int]]]:
+def _write_scene_range(job: tuple) -> list[tuple[list[str], str, list[int]]]:
     root, cfg, seed, split, lo, hi = job
     written = []
     for i, s in enumerate(generate(cfg, seed, split, lo, hi - lo), start=lo):
         name = f"{i:05d}.png"
         Image.fromarray(s.image).save(root / "images" / split / name, **PNG_OPTIONS)
         Image.fromarray(s.mask).save(root / "masks" / split / name, **PNG_OPTIONS)
-        written.append((s.tokens, s.token_objects))
+        written.append((s.tokens, s.caption, s.token_objects))
     return written
 
 
@@ -75,7 +75,7 @@ def write_scenes(
         chunks = [_write_scene_range(job) for job in jobs]
     images = []
     for (_, _, _, split, lo, _), chunk in zip(jobs, chunks, strict=True):
-        for i, (tokens, token_objects) in enumerate(chunk, start=lo):
+        for i, (tokens, raw, token_objects) in enumerate(chunk, start=lo):
             name = f"{i:05d}.png"
             images.append(
                 {
@@ -84,9 +84,7 @@ def write_scenes(
                     "split": split,
                     "imgid": len(images),
                     "mask": f"masks/{split}/{name}",
-                    "sentences": [
-                        {"tokens": tokens, "raw": " ".join(tokens), "token_objects": token_objects}
-                    ],
+                    "sentences": [{"tokens": tokens, "raw": raw, "token_objects": token_objects}],
                 }
             )
     doc = {
