@@ -26,12 +26,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 def process_pool(workers: int, *, spawn: bool = False) -> ProcessPoolExecutor:
-    """`workers` processes that die with this one. `spawn` starts them fresh instead of forking
-    this process: needed once torch's thread pools run here, which a forked child must not
-    inherit."""
+    """`workers` processes that die with this one. `spawn` starts them fresh instead of the
+    platform's default (a fork of this process on Linux): needed once torch's thread pools run
+    here, which a forked child must not inherit."""
     return ProcessPoolExecutor(
         workers,
-        mp_context=multiprocessing.get_context("spawn" if spawn else "fork"),
+        mp_context=multiprocessing.get_context("spawn") if spawn else None,
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
     )
