@@ -6,13 +6,13 @@ local folder. Whatever the source, the output is data/raw/{dataset.json,index.cs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from stages._common import cli, load_params
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir
 from vitlab.core.errors import VitlabError
+from vitlab.core.workers import per_core
 from vitlab.sources import synthetic
 from vitlab.sources.rawdata import SPLITS, RawDataset, Sample, write_index
 
@@ -33,7 +33,7 @@ def fetch_synthetic(p: config.SyntheticData, out: Path) -> RawDataset:
         classes = synthetic.class_names(num_classes)
     except ValueError as e:
         raise VitlabError(f"data.synthetic.num_classes: {e}") from e
-    workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the files are the same
+    workers = per_core()  # the files do not depend on how many
     samples = []
     for split in SPLITS:
         (out / split).mkdir(parents=True)

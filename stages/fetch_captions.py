@@ -12,7 +12,6 @@ CATR reads them (unreadable ones counted and skipped, each said in a line) and c
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from vitlab.captions.karpathy import read_karpathy
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir
 from vitlab.core.errors import VitlabError
+from vitlab.core.workers import per_core
 
 
 def scene_config(c: config.Captions) -> scenes.SceneConfig:
@@ -63,7 +63,7 @@ def main() -> None:
             counts = fetch_originals(c, tmp)
         elif source == "synthetic":
             s = c.synthetic
-            workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the same files
+            workers = per_core()  # the files do not depend on how many
             counts = store.write_scenes(
                 tmp, s.counts.model_dump(), scene_config(c), s.seed, workers=workers
             )

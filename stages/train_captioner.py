@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 
 from stages._common import cli, load_params
 from vitlab.core import config, contract
 from vitlab.core.atomic import atomic_dir, write_json, write_text
 from vitlab.core.errors import VitlabError
+from vitlab.core.workers import per_core
 
 MARKER = "pretrained.json"
 PLACEHOLDER = "no resume state: a pretrained captions.model.arch is not trained\n"
@@ -81,8 +81,7 @@ def fit(params: config.Params) -> None:
             .hexdigest()}  # fmt: skip
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     if tc.fresh_scenes and gen is not None:
-        workers = min(len(os.sched_getaffinity(0)), 8)  # one per core: the same scenes
-        train_set = FreshScenes(train, *gen, workers=workers)
+        train_set = FreshScenes(train, *gen, workers=per_core())  # any count: the same scenes
     else:
         train_set = contextlib.nullcontext(lambda epoch: train)
     with (

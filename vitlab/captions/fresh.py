@@ -12,7 +12,7 @@ import itertools
 
 from vitlab.captions.dataset import CaptionSet, from_scenes
 from vitlab.captions.scenes import SceneConfig, generate
-from vitlab.core.workers import process_pool
+from vitlab.core.workers import process_pool, split_range
 
 
 class FreshScenes:
@@ -27,8 +27,8 @@ class FreshScenes:
         if epoch == 1:
             return self.first
         n = len(self.first)
-        bounds = [(epoch - 1) * n + n * k // self.workers for k in range(self.workers + 1)]
-        starts, counts = bounds[:-1], [hi - lo for lo, hi in itertools.pairwise(bounds)]
+        pieces = split_range((epoch - 1) * n, epoch * n, self.workers)
+        starts, counts = [lo for lo, _ in pieces], [hi - lo for lo, hi in pieces]
         jobs = (itertools.repeat(self.cfg), itertools.repeat(self.seed),
                 itertools.repeat("train"), starts, counts)  # fmt: skip
         chunks = self._pool.map(generate, *jobs) if self._pool else map(generate, *jobs)

@@ -13,7 +13,6 @@ listing each one's key and references (none for a folder of photos) and the skip
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from vitlab.captions.scenes import SceneConfig, generate
 from vitlab.core.atomic import write_json
 from vitlab.core.errors import VitlabError
 from vitlab.core.generated import PNG_OPTIONS
-from vitlab.core.workers import process_pool
+from vitlab.core.workers import run_jobs, split_range
 
 if TYPE_CHECKING:  # both import torch, which writing generated scenes does not need
     from vitlab.captions.dataset import CaptionSet
@@ -66,13 +65,8 @@ def write_scenes(
     for split, n in counts.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        bounds = [n * k // workers for k in range(workers + 1)]
-        jobs += [(root, cfg, seed, split, lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    if workers > 1:
-        with process_pool(workers) as pool:
-            chunks = list(pool.map(_write_scene_range, jobs))
-    else:
-        chunks = [_write_scene_range(job) for job in jobs]
+        jobs += [(root, cfg, seed, split, lo, hi) for lo, hi in split_range(0, n, workers)]
+    chunks = run_jobs(_write_scene_range, jobs, workers)
     images = []
     for (_, _, _, split, lo, _), chunk in zip(jobs, chunks, strict=True):
         for i, (tokens, raw, token_objects) in enumerate(chunk, start=lo):

@@ -9,11 +9,14 @@ of its own call queue. So on Linux each worker asks the kernel to kill it when i
 from __future__ import annotations
 
 import ctypes
+import itertools
 import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -35,3 +38,23 @@ def process_pool(workers: int, *, spawn: bool = False) -> ProcessPoolExecutor:
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
     )
+
+
+def per_core(limit: int = 8) -> int:
+    """One worker per core this process may run on, at most `limit`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, limit))
+
+
+def split_range(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut into `parts` contiguous (lo, hi) pieces whose sizes differ by at most one."""
+    n = hi - lo
+    return list(itertools.pairwise(lo + n * k // parts for k in range(parts + 1)))
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence, workers: int) -> list:
+    """`fn` over `jobs`, results in order: in a `process_pool` of `workers`, or here for one."""
+    if workers > 1:
+        with process_pool(workers) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(job) for job in jobs]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from vitlab.core.workers import process_pool
+from vitlab.core.workers import run_jobs
 from vitlab.sources.rawdata import RawDataset, Sample, resolve
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,7 @@ def prepare_split(
     samples = [s for s in ds.samples if s.split == split]
     chunks = [samples[i : i + 256] for i in range(0, len(samples), 256)]
     jobs = [(root, c, size, ds.mask_format) for c in chunks]
-    if workers > 1:
-        with process_pool(workers) as pool:
-            results = [r for chunk in pool.map(_load_chunk, jobs) for r in chunk]
-    else:
-        results = [r for job in jobs for r in _load_chunk(job)]
+    results = [r for chunk in run_jobs(_load_chunk, jobs, workers) for r in chunk]
     kept = [(s, r) for s, r in zip(samples, results, strict=True) if r is not None]
     skipped = [s.image for s, r in zip(samples, results, strict=True) if r is None]
     if skipped:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vitlab.core.generated import COLOURS, PNG_OPTIONS, SPLIT_IDS
-from vitlab.core.workers import process_pool
+from vitlab.core.workers import run_jobs, split_range
 
 PATTERNS = ("solid", "stripes", "dots", "checks", "net")
 
@@ -130,14 +130,7 @@ def write_split(
     Returns (image, mask, label) per image, in index order."""
     class_names(num_classes)  # validates num_classes
     n = per_class * num_classes
-    bounds = [n * k // workers for k in range(workers + 1)]
-    jobs = [
-        (out, split, lo, hi, num_classes, size, seed, d) for lo, hi in itertools.pairwise(bounds)
-    ]
-    if workers > 1:
-        with process_pool(workers) as pool:
-            list(pool.map(_write_range, jobs))
-    else:
-        for job in jobs:
-            _write_range(job)
+    jobs = [(out, split, lo, hi, num_classes, size, seed, d)
+            for lo, hi in split_range(0, n, workers)]  # fmt: skip
+    run_jobs(_write_range, jobs, workers)
     return [(f"{i:05d}.png", f"{i:05d}_mask.png", i % num_classes) for i in range(n)]
