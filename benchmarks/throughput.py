@@ -45,6 +45,7 @@ from pytorch_pretrained_vit import ViT
 
 from benchmarks.gemm_ceiling import products_seconds, record_products
 from benchmarks.peers import hf_mirror, parameter_count, transformers_version
+from vitlab.core.allocator import keep_freed_memory
 from vitlab.core.atomic import write_json, write_text
 from vitlab.prepared import Split, batches, normalize
 from vitlab.training.augment import sample_affine, warp
@@ -365,7 +366,12 @@ def markdown(result: dict, device: torch.device) -> str:
         f"TFLOP/s. Data path alone: {result['data_path_img_s']} img/s "
         f"({result['data_vs_fastest_training']}x the fastest training). Every path trains the "
         f"same architecture, batch and AdamW (lr {LR}, weight decay {WEIGHT_DECAY}); medians of "
-        "interleaved rounds.",
+        "interleaved rounds. "
+        + (
+            "malloc keeps freed blocks for reuse, as in vitlab's stages, for every path alike."
+            if result["malloc_keeps_freed_memory"]
+            else "malloc runs with its defaults."
+        ),
         "",
         "## Training images/s",
         "",
@@ -447,6 +453,7 @@ def main() -> None:
     if args.threads:  # on a shared machine, fewer threads than cores keeps rates meaningful
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    kept = keep_freed_memory()  # as vitlab's stages run; process-wide, so every path shares it
     preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu")]
     models = args.models.split(",") if args.models else preset["models"]
     size, batch = args.image_size or preset["image_size"], args.batch or preset["batch"]
@@ -486,6 +493,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers_version(),
+        "malloc_keeps_freed_memory": kept,
         "matmul_peak_tflops": {k: round(v / 1e12, 3) for k, v in peak.items()},
         "data_path_img_s": round(data, 1),
         "data_vs_fastest_training": round(data / max(r["fast_img_s"] for r in rows), 2),

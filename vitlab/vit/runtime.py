@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from vitlab.core import config
+from vitlab.core.allocator import keep_freed_memory
 from vitlab.vit.device import amp_dtype, resolve_device
 
 
@@ -27,8 +28,10 @@ class Runtime:
 
 
 def resolve(r: config.Runtime) -> Runtime:
-    """runtime.* as a Runtime, with torch's CPU threads set when runtime.threads asks."""
+    """runtime.* as a Runtime, with torch's CPU threads set when runtime.threads asks, and
+    malloc keeping freed blocks for the next step (vitlab.core.allocator)."""
     device = resolve_device(r.device)
+    keep_freed_memory()
     if r.threads:
         torch.set_num_threads(r.threads)
     return Runtime(
