@@ -32,10 +32,9 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     n = shape.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
     lanes = bits.view(torch.int16)[:n]
-    # (lane & 0x7FFF) is uniform on 0..32767; minus the threshold, its sign bit says "drop";
-    # shifted right 15, negated and masked, it is 1.0's bits where kept and 0 where dropped
-    lanes.bitwise_and_(LEVELS - 1).sub_(drop_threshold(p)).bitwise_right_shift_(15)
-    lanes.bitwise_not_().bitwise_and_(BF16_ONE)
+    # (lane & 0x7FFF) is uniform on 0..32767 and at least the threshold where kept: 1 there,
+    # 0 where dropped; times 1.0's bit pattern, the lanes read as bf16 ones and zeros
+    lanes.bitwise_and_(LEVELS - 1).ge_(drop_threshold(p)).mul_(BF16_ONE)
     return lanes.view(torch.bfloat16).view(shape)
 
 

@@ -4,11 +4,12 @@ The stock `MultiHeadedSelfAttention` builds the (B, H, S, S) score matrix with a
 softmax in fp32 and keeps it in `.scores`. For training we swap in
 `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU), which never
 materialises the scores. One exception: SDPA's CPU kernels have no dropout, so CPU training
-with attention dropout would fall back to SDPA's math path and torch's serial Bernoulli; there
+with attention dropout would fall back to SDPA's math path and torch's serial Bernoulli. There
 the stock forward runs, dropping through the block's own dropout module (a `FastDropout` when
-`runtime.fast_dropout` is on). Parameter names, state_dict keys and
-checkpoints are untouched; the swap is per module instance, and `explicit_attention` switches
-back for figures.
+`runtime.fast_dropout` is on); on rows of at most `SHORT_ROWS` tokens with a `FastDropout`,
+the same arithmetic runs as one autograd node (`DroppedAttention`). Parameter names,
+state_dict keys and checkpoints are untouched; the swap is per module instance, and
+`explicit_attention` switches back for figures.
 """
 
 from __future__ import annotations
@@ -21,10 +22,25 @@ import torch
 import torch.nn.functional as F
 from pytorch_pretrained_vit.transformer import MultiHeadedSelfAttention
 
+from vitlab.vit.dropout import LEVELS, FastDropout, drop_threshold
+from vitlab.vit.dropped_attention import SHORT_ROWS, dropped_attention
+
+
+def _one_node(self: MultiHeadedSelfAttention, x: torch.Tensor, mask) -> bool:
+    """Whether CPU training with dropout takes DroppedAttention: the stock path's arithmetic
+    with FastDropout, on rows short enough for it to be faster."""
+    return (
+        mask is None
+        and type(self.drop) is FastDropout
+        and drop_threshold(self.drop.p) < LEVELS
+        and x.shape[1] <= SHORT_ROWS
+    )
+
 
 def _fused_forward(self: MultiHeadedSelfAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
     dropout = self.drop.p if self.training else 0.0
-    if dropout > 0 and x.device.type == "cpu":  # SDPA has no CPU dropout: the stock forward
+    cpu_dropout = dropout > 0 and x.device.type == "cpu"  # SDPA has no CPU dropout
+    if cpu_dropout and not _one_node(self, x, mask):  # the stock forward
         out = MultiHeadedSelfAttention.forward(self, x, mask)
         self.scores = None
         return out
@@ -34,8 +50,11 @@ def _fused_forward(self: MultiHeadedSelfAttention, x: torch.Tensor, mask=None) -
         p(x).view(b, s, h, d // h).transpose(1, 2) for p in (self.proj_q, self.proj_k, self.proj_v)
     )
     self.scores = None
-    attn_mask = None if mask is None else mask[:, None, None, :].bool()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    if cpu_dropout:
+        out = dropped_attention(q, k, v, dropout)
+    else:
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
     return out.transpose(1, 2).reshape(b, s, d)
 
 
