@@ -1,15 +1,16 @@
 """A fused attention path for pytorch_pretrained_vit models, same weights and same outputs.
 
 The stock `MultiHeadedSelfAttention` builds the (B, H, S, S) score matrix with an explicit
-softmax in fp32 and keeps it in `.scores`. For training we swap in
-`F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU), which never
-materialises the scores. One exception: SDPA's CPU kernels have no dropout, so CPU training
-with attention dropout would fall back to SDPA's math path and torch's serial Bernoulli. There
-the stock forward runs, dropping through the block's own dropout module (a `FastDropout` when
-`runtime.fast_dropout` is on); on rows of at most `SHORT_ROWS` tokens with a `FastDropout`,
-the same arithmetic runs as one autograd node (`DroppedAttention`). Parameter names,
-state_dict keys and checkpoints are untouched; the swap is per module instance, and
-`explicit_attention` switches back for figures.
+softmax (in the scores' dtype: bf16 under CPU autocast) and keeps it in `.scores`. For
+training we swap in `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a
+GPU), which never materialises the scores. One exception: SDPA's CPU kernels have no
+dropout, so CPU training with attention dropout would fall back to SDPA's math path and
+torch's serial Bernoulli. There the stock forward runs, dropping through the block's own
+dropout module (a `FastDropout` when `runtime.fast_dropout` is on); on rows of at most
+`SHORT_ROWS` tokens with a `FastDropout`, the same attention with an fp32 softmax runs as one
+autograd node (`DroppedAttention`). Parameter names, state_dict keys and checkpoints are
+untouched; the swap is per module instance, and `explicit_attention` switches back for
+figures.
 """
 
 from __future__ import annotations
