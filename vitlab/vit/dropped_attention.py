@@ -20,7 +20,7 @@ forward with an fp32 softmax; without autocast, those of the stock path.
 
 Measured on a 2-core CPU (forward and backward of one block's attention, then whole bf16
 training steps):
-- 17 tokens: 919 -> 597 us; B_32's mirror steps 6-14% faster;
+- 17 tokens: 919 -> 597 us; B_32's mirror steps 6-9% faster;
 - 65 tokens (B_16's and L_16's mirrors): 3,788 -> 3,836 us; steps 5-15% slower, since the
   bf16 kernels are as fast there and the fp32 copies cost more.
 So `fused_attention` takes this path only for rows of at most `SHORT_ROWS` tokens.

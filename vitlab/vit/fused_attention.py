@@ -28,8 +28,8 @@ from vitlab.vit.dropped_attention import SHORT_ROWS, dropped_attention
 
 
 def _one_node(self: MultiHeadedSelfAttention, x: torch.Tensor, mask) -> bool:
-    """Whether CPU training with dropout takes DroppedAttention: the stock path's arithmetic
-    with FastDropout, on rows short enough for it to be faster."""
+    """Whether CPU training with dropout takes DroppedAttention (the explicit attention with an
+    fp32 softmax and FastDropout, one node): on rows short enough for it to be faster."""
     return (
         mask is None
         and type(self.drop) is FastDropout
