@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from vitlab.core import allocator
-
 glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not allocator.keep_freed_memory(),
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="glibc's malloc only",
 )
 
