@@ -27,6 +27,11 @@ def drop_threshold(p: float) -> int:
     return round(p * LEVELS)
 
 
+def keep_scale(p: float) -> float:
+    """The exact inverse of the rounded keep rate: what kept values are multiplied by."""
+    return LEVELS / (LEVELS - drop_threshold(p))
+
+
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A bf16 tensor of ones (kept, rate 1 - drop_threshold(p) / LEVELS) and zeros."""
     n = shape.numel()
@@ -47,7 +52,7 @@ class FastDropout(nn.Dropout):
         if drop_threshold(self.p) >= LEVELS:  # p within 1/65536 of 1 drops every lane
             return x * 0
         kept = x * keep_mask(x.shape, self.p).to(x.dtype)
-        return kept.mul_(LEVELS / (LEVELS - drop_threshold(self.p)))
+        return kept.mul_(keep_scale(self.p))
 
 
 def set_fast_dropout(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from vitlab.vit.dropout import LEVELS, drop_threshold, keep_mask
+from vitlab.vit.dropout import keep_mask, keep_scale
 
 SHORT_ROWS = 32  # tokens: faster measured at 17, slower at 65; in between not measured
 
@@ -43,16 +43,16 @@ class DroppedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         b, h, s, w = q.shape
-        keep_scale = LEVELS / (LEVELS - drop_threshold(p))
+        scale = keep_scale(p)
         with torch.autocast(q.device.type, enabled=False):
             q, k, v = (t.reshape(b * h, s, w) for t in (q, k, v))
             scores = torch.bmm(q, k.transpose(1, 2)).div_(math.sqrt(w))
             probs = torch.softmax(scores.float(), -1)
             keep = keep_mask(probs.shape, p)
-            dropped = probs.mul(keep_scale).mul_(keep).to(q.dtype)
+            dropped = probs.mul(scale).mul_(keep).to(q.dtype)
             out = torch.bmm(dropped, v)
         ctx.save_for_backward(q, k, v, probs, keep, dropped)
-        ctx.keep_scale, ctx.root_w = keep_scale, math.sqrt(w)
+        ctx.keep_scale, ctx.root_w = scale, math.sqrt(w)
         return out.view(b, h, s, w)
 
     @staticmethod
