@@ -7,8 +7,8 @@ GPU), which never materialises the scores. One exception: SDPA's CPU kernels hav
 dropout, so CPU training with attention dropout would fall back to SDPA's math path and
 torch's serial Bernoulli. There the stock forward runs, dropping through the block's own
 dropout module (a `FastDropout` when `runtime.fast_dropout` is on); on rows of at most
-`SHORT_ROWS` tokens with a `FastDropout`, the same attention with an fp32 softmax runs as one
-autograd node (`DroppedAttention`). Parameter names, state_dict keys and checkpoints are
+`SHORT_ROWS` tokens with `FastDropout`s, the whole block, with an fp32 softmax, trains as one
+autograd node (`vitlab.vit.block_node`). Parameter names, state_dict keys and checkpoints are
 untouched; the swap is per module instance, and `explicit_attention` switches back for
 figures.
 """
@@ -21,27 +21,14 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from pytorch_pretrained_vit.transformer import MultiHeadedSelfAttention
+from pytorch_pretrained_vit.transformer import Block, MultiHeadedSelfAttention
 
-from vitlab.vit.dropout import LEVELS, FastDropout, drop_threshold
-from vitlab.vit.dropped_attention import SHORT_ROWS, dropped_attention
-
-
-def _one_node(self: MultiHeadedSelfAttention, x: torch.Tensor, mask) -> bool:
-    """Whether CPU training with dropout takes DroppedAttention (the explicit attention with an
-    fp32 softmax and FastDropout, one node): on rows short enough for it to be faster."""
-    return (
-        mask is None
-        and type(self.drop) is FastDropout
-        and drop_threshold(self.drop.p) < LEVELS
-        and x.shape[1] <= SHORT_ROWS
-    )
+from vitlab.vit.block_node import block_node, takes_node
 
 
 def _fused_forward(self: MultiHeadedSelfAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
     dropout = self.drop.p if self.training else 0.0
-    cpu_dropout = dropout > 0 and x.device.type == "cpu"  # SDPA has no CPU dropout
-    if cpu_dropout and not _one_node(self, x, mask):  # the stock forward
+    if dropout > 0 and x.device.type == "cpu":  # SDPA has no CPU dropout: the stock forward
         out = MultiHeadedSelfAttention.forward(self, x, mask)
         self.scores = None
         return out
@@ -51,12 +38,15 @@ def _fused_forward(self: MultiHeadedSelfAttention, x: torch.Tensor, mask=None) -
         p(x).view(b, s, h, d // h).transpose(1, 2) for p in (self.proj_q, self.proj_k, self.proj_v)
     )
     self.scores = None
-    if cpu_dropout:
-        out = dropped_attention(q, k, v, dropout)
-    else:
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    attn_mask = None if mask is None else mask[:, None, None, :].bool()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
     return out.transpose(1, 2).reshape(b, s, d)
+
+
+def _block_forward(self: Block, x: torch.Tensor, mask=None) -> torch.Tensor:
+    if takes_node(self, x, mask):
+        return block_node(self, x)
+    return Block.forward(self, x, mask)
 
 
 def _attention_modules(model: torch.nn.Module) -> list[MultiHeadedSelfAttention]:
@@ -64,10 +54,14 @@ def _attention_modules(model: torch.nn.Module) -> list[MultiHeadedSelfAttention]
 
 
 def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
-    """Use SDPA (enabled) or the stock explicit softmax (disabled) in every attention block."""
-    for m in _attention_modules(model):
+    """Use SDPA (enabled) or the stock explicit softmax (disabled) in every attention block;
+    enabled, blocks that train on short rows with FastDropout run as one node (block_node)."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for m, forward in [(m, _fused_forward) for m in _attention_modules(model)] + [
+        (m, _block_forward) for m in blocks
+    ]:
         if enabled:
-            m.forward = types.MethodType(_fused_forward, m)
+            m.forward = types.MethodType(forward, m)
         elif "forward" in m.__dict__:
             del m.forward
     return model
