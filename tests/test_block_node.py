@@ -1,5 +1,5 @@
-"""BlockNode: a whole ViT block as one autograd node for CPU training on short rows, bit for
-bit the per-op block with an fp32 softmax and FastDropout."""
+"""BlockNode: a whole ViT block as one autograd node for CPU training with FastDropout, bit for
+bit the per-op block (on short rows with an fp32 softmax)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _model(path: str, image_size: int = 32) -> torch.nn.Module:
 def _training_steps(model: torch.nn.Module, amp: bool, steps: int = 2) -> tuple[list, dict]:
     """Logits of each step and the parameters and gradients after `steps` AdamW steps."""
     torch.manual_seed(0)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 37, (8,))
+    size = model.image_size
+    x, y = torch.randn(8, 3, size, size), torch.randint(0, 37, (8,))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(1)
     logits = []
@@ -94,16 +95,23 @@ def test_training_steps_are_the_per_op_blocks_bit_for_bit(amp, reference):
     _assert_same(got, _training_steps(_model(reference), amp))
 
 
-def test_it_runs_only_for_cpu_training_with_fast_dropout_on_short_rows():
+def test_long_rows_keep_the_stock_softmax_and_are_the_stock_blocks_bit_for_bit():
     assert 17 <= SHORT_ROWS < 65
+    node = _model("node", image_size=64)  # 65 tokens
+    got = _training_steps(node, amp=True)
+    assert _nodes(got[0][-1]).count(NODE) == len(node.transformer.blocks)
+    _assert_same(got, _training_steps(_model("stock", image_size=64), amp=True))
+
+
+def test_it_runs_only_for_cpu_training_with_fast_dropout():
     x = torch.randn(2, 3, 32, 32)
-    model = _model("node")
-    assert NODE in _nodes(model(x))
+    assert NODE in _nodes(_model("node")(x))
     assert NODE not in _nodes(set_fast_dropout(_model("node"), False)(x))  # torch's dropout
     assert NODE not in _nodes(_model("node").eval()(x))
     assert NODE not in _nodes(set_fused_attention(_model("node"), False)(x))
-    long_rows = _model("node", image_size=64)  # 65 tokens
-    assert NODE not in _nodes(long_rows(torch.randn(2, 3, 64, 64)))
+    model = _model("node")
+    model.transformer.blocks[0].drop = torch.nn.Dropout(0.1)  # one block's own: torch's
+    assert _nodes(model(x)).count(NODE) == len(model.transformer.blocks) - 1
 
 
 def test_a_hooked_block_runs_op_by_op_so_its_hooks_fire():

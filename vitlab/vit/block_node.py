@@ -1,4 +1,4 @@
-"""A pytorch_pretrained_vit `Block` as one autograd node: the CPU training path for short rows.
+"""A pytorch_pretrained_vit `Block` as one autograd node: the CPU training path with dropout.
 
 A small ViT's CPU training step costs more in dispatching and recording its ops than in
 computing them: B_32's mirror at 64 px has 17 tokens of width 64, and a step at batch 64 ran
@@ -9,22 +9,23 @@ q/k/v, output and MLP projections, attention, GELU, the three dropouts, two resi
 as one node: the same ops in the same dtypes, cast once each, and a hand-written backward of
 ATen's own backward kernels in reverse order.
 
-Its numbers are those of the per-op path with an fp32 softmax, bit for bit:
+Its numbers are those of the per-op block with FastDropout, bit for bit:
 - the dtypes are autocast's (layer norms and residual stream in fp32, products, GELU and
   dropouts in the autocast dtype), or the input's without autocast;
-- the softmax runs in fp32 and the kept probabilities are scaled in fp32 and rounded once:
-  CPU autocast would run the softmax in bf16, and torch's bf16 softmax kernels are slow on
-  short rows (at 17 tokens 140 us forward and 210 us backward, against 75 and 13 us in fp32);
+- one exception, on rows of at most `SHORT_ROWS` tokens: the softmax runs in fp32 and the
+  kept probabilities are scaled in fp32 and rounded once. CPU autocast runs the stock softmax
+  in bf16, and torch's bf16 softmax kernels are slow on short rows (at 17 tokens 140 us
+  forward and 210 us backward, against 75 and 13 us in fp32); at 65 tokens they are as fast,
+  and fp32 probabilities made steps 5-15% slower;
 - the dropout masks come from `keep_mask`, drawn from torch's global generator in the order
-  the per-op path draws them (attention probabilities, then the two residual branches);
+  the per-op block draws them (attention probabilities, then the two residual branches);
 - the gradient of the block's input sums its contributions in autograd's order.
-Without autocast that is the stock block with FastDropout, bit for bit.
+So on longer rows, and on any row without autocast, it is the stock block, bit for bit.
 
-Measured on a 2-core CPU, whole bf16 training steps of B_32's mirror (medians of 25
-interleaved rounds in one process, five runs at batch 64 and 32): 1.04-1.09x faster than the
-same block op by op with its attention alone as one node. At 65 tokens (B_16's mirror) the
-node with its fp32 softmax was 0.9x: the bf16 kernels are as fast there and the fp32 copies
-cost more. So `fused_attention` routes only rows of at most `SHORT_ROWS` tokens here.
+Measured on a 2-core CPU, whole bf16 training steps, medians of interleaved rounds in one
+process against the per-op block: B_32's mirror (17 tokens; the per-op block with its
+attention alone as one fp32-softmax node) 1.04-1.09x faster in five runs at batch 64 and 32;
+B_16's (65 tokens) 1.01-1.04x in three; L_16's 1.01x.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ from torch import nn
 
 from vitlab.vit.dropout import LEVELS, FastDropout, drop_threshold, keep_mask, keep_scale
 
-SHORT_ROWS = 32  # tokens: faster measured at 17, slower at 65; in between not measured
+SHORT_ROWS = 32  # tokens: an fp32 softmax measured faster at 17, slower at 65; between, unknown
 aten = torch.ops.aten
+
+
+def _softmax_dtype(tokens: int, dtype: torch.dtype) -> torch.dtype:
+    """fp32 (or wider) on short rows, where the bf16 kernels are slow; else the stock one's."""
+    return torch.promote_types(dtype, torch.float32) if tokens <= SHORT_ROWS else dtype
 
 
 def _dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +87,7 @@ class BlockNode(torch.autograd.Function):
                 for w, bias in zip(w3, (bq, bk, bv), strict=True)
             )
             scores = torch.bmm(q, k.transpose(1, 2)).div_(math.sqrt(width))
-            probs = torch.softmax(scores.to(torch.promote_types(dt, torch.float32)), -1)
+            probs = torch.softmax(scores.to(_softmax_dtype(s, dt)), -1)
             keep_attn = keep_mask(probs.shape, p_attn)
             dropped = probs.mul(keep_scale(p_attn)).mul_(keep_attn).to(dt)
             heads_out = torch.bmm(dropped, v).view(b, heads, s, width).transpose(1, 2)
@@ -150,15 +156,14 @@ def _fast_dropout_p(drop: nn.Module) -> bool:
 
 
 def takes_node(block: Block, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """Whether `block` trains through `BlockNode`: CPU training with FastDropout (0 < p < 1)
-    on rows of at most SHORT_ROWS tokens, no padding mask, the library's own layers and no
-    hooks on them (a hook would not fire inside the node)."""
+    """Whether `block` trains through `BlockNode`: CPU training with FastDropout (0 < p < 1),
+    no padding mask, the library's own layers and no hooks on them (a hook would not fire
+    inside the node)."""
     attn = block.attn
     return (
         block.training
         and mask is None
         and x.device.type == "cpu"
-        and x.shape[1] <= SHORT_ROWS
         and _fast_dropout_p(block.drop)
         and _fast_dropout_p(attn.drop)
         and type(attn) is MultiHeadedSelfAttention

@@ -6,11 +6,10 @@ training we swap in `F.scaled_dot_product_attention` (flash / memory-efficient k
 GPU), which never materialises the scores. One exception: SDPA's CPU kernels have no
 dropout, so CPU training with attention dropout would fall back to SDPA's math path and
 torch's serial Bernoulli. There the stock forward runs, dropping through the block's own
-dropout module (a `FastDropout` when `runtime.fast_dropout` is on); on rows of at most
-`SHORT_ROWS` tokens with `FastDropout`s, the whole block, with an fp32 softmax, trains as one
-autograd node (`vitlab.vit.block_node`). Parameter names, state_dict keys and checkpoints are
-untouched; the swap is per module instance, and `explicit_attention` switches back for
-figures.
+dropout module; with `FastDropout`s (`runtime.fast_dropout`) the whole block trains as one
+autograd node (`vitlab.vit.block_node`), on short rows with an fp32 softmax. Parameter names,
+state_dict keys and checkpoints are untouched; the swap is per module instance, and
+`explicit_attention` switches back for figures.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def _attention_modules(model: torch.nn.Module) -> list[MultiHeadedSelfAttention]
 
 def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Use SDPA (enabled) or the stock explicit softmax (disabled) in every attention block;
-    enabled, blocks that train on short rows with FastDropout run as one node (block_node)."""
+    enabled, blocks that train on a CPU with FastDropout run as one node (block_node)."""
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     for m, forward in [(m, _fused_forward) for m in _attention_modules(model)] + [
         (m, _block_forward) for m in blocks
