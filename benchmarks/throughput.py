@@ -24,13 +24,16 @@ weight decay):
   torch.compile.
 The peers other than stock share the fast path's optimizer, so a ratio isolates the model.
 transformers is a benchmark-only extra: without it the HF columns say "not installed". The
-paths are timed in interleaved rounds and each rate is the median over rounds.
+paths are timed in interleaved rounds and each rate is the median over rounds; a round runs
+each path for about `--round-seconds`, so a small model's figures span as much time, and as
+many of a busy neighbour's bursts, as a large one's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -223,6 +226,20 @@ def warm_paths(
     return steps, first, errors
 
 
+def steps_per_round(
+    steps: dict[str, Callable[[], None]], device: torch.device, *, minimum: int, seconds: float
+) -> int:
+    """Steps each path runs in a round: at least `minimum`, and enough for the median path's
+    round to last `seconds` (one timed step of each warmed-up path sets the scale)."""
+    times = []
+    for step in steps.values():
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return max(minimum, math.ceil(seconds / statistics.median(times)))
+
+
 def train_rates(
     steps: dict[str, Callable[[], None]],
     batch: int,
@@ -366,7 +383,8 @@ def markdown(result: dict, device: torch.device) -> str:
         f"TFLOP/s. Data path alone: {result['data_path_img_s']} img/s "
         f"({result['data_vs_fastest_training']}x the fastest training). Every path trains the "
         f"same architecture, batch and AdamW (lr {LR}, weight decay {WEIGHT_DECAY}); medians of "
-        "interleaved rounds. "
+        f"{rows[0]['rounds']} interleaved rounds, each path about {result['round_seconds']} s a "
+        "round. "
         + (
             "malloc keeps freed blocks for reuse, as in vitlab's stages, for every path alike."
             if result["malloc_keeps_freed_memory"]
@@ -438,7 +456,12 @@ def main() -> None:
     p.add_argument("--models", default=None, help="comma-separated architectures")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=5, help="steps per path per round")
+    p.add_argument(
+        "--steps", type=int, default=5, help="at least this many steps per path per round"
+    )
+    p.add_argument(
+        "--round-seconds", type=float, default=0.5, help="about how long a path runs per round"
+    )
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median counts")
     p.add_argument("--warmup", type=int, default=3, help="steps per path before timing (>= 1)")
     p.add_argument("--device", default="auto")
@@ -466,7 +489,8 @@ def main() -> None:
             return train_step(path, arch, size, batch, device, compile_fast=args.compile)
 
         steps, first, errors = warm_paths(build, device, args.warmup)
-        rates = train_rates(steps, batch, device, rounds=args.rounds, steps_per_round=args.steps)
+        per_round = steps_per_round(steps, device, minimum=args.steps, seconds=args.round_seconds)
+        rates = train_rates(steps, batch, device, rounds=args.rounds, steps_per_round=per_round)
         # the quoted fast path's products, from an uncompiled step (compiling changes the rest)
         step = train_step(fast_path(rates, device), arch, size, batch, device, compile_fast=False)
         products_s = products_seconds(record_products(step), device)
@@ -483,6 +507,7 @@ def main() -> None:
                 compiled_fast=args.compile,
                 products_s=products_s,
             )
+            | {"steps_per_round": per_round, "rounds": args.rounds}
         )
         print(json.dumps(rows[-1]), flush=True)
     data = data_rate(size, batch, device)
@@ -494,6 +519,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers_version(),
         "malloc_keeps_freed_memory": kept,
+        "round_seconds": args.round_seconds,
         "matmul_peak_tflops": {k: round(v / 1e12, 3) for k, v in peak.items()},
         "data_path_img_s": round(data, 1),
         "data_vs_fastest_training": round(data / max(r["fast_img_s"] for r in rows), 2),

@@ -40,6 +40,8 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
         "8",
         "--steps",
         "1",
+        "--round-seconds",
+        "0.05",
         "--rounds",
         "3",
         "--warmup",
@@ -56,6 +58,7 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
     assert [r["model"] for r in result["models"]] == ["vitlab_micro_16", "vitlab_micro_32"]
     for row in result["models"]:
         rates, errors = row["img_s"], row["errors"]
+        assert row["rounds"] == 3 and row["steps_per_round"] >= 1
         assert list(rates) == PATHS
         for path in PATHS:  # a rate, or (a peer only) the reason it has none
             assert (rates[path] is None) == (path in errors)

@@ -15,6 +15,9 @@ state_dict keys are unchanged.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -34,13 +37,21 @@ def keep_scale(p: float) -> float:
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A bf16 tensor of ones (kept, rate 1 - drop_threshold(p) / LEVELS) and zeros."""
-    n = shape.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    lanes = bits.view(torch.int16)[:n]
+    return keep_masks([shape], p)[0]
+
+
+def keep_masks(shapes: Sequence[Sequence[int]], p: float) -> list[torch.Tensor]:
+    """`keep_mask` of each shape, from one draw: the same bits as one call per shape in turn,
+    in fewer ops (the generator fills the draw's 64-bit words in order)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    words = [(n + 3) // 4 for n in sizes]
+    bits = torch.empty(sum(words), dtype=torch.int64).random_(-(2**63), None)
+    lanes = bits.view(torch.int16)
     # (lane & 0x7FFF) is uniform on 0..32767 and at least the threshold where kept: 1 there,
     # 0 where dropped; times 1.0's bit pattern, the lanes read as bf16 ones and zeros
     lanes.bitwise_and_(LEVELS - 1).ge_(drop_threshold(p)).mul_(BF16_ONE)
-    return lanes.view(torch.bfloat16).view(shape)
+    chunks = lanes.view(torch.bfloat16).split([4 * w for w in words])
+    return [c[:n].view(shape) for c, n, shape in zip(chunks, sizes, shapes, strict=True)]
 
 
 class FastDropout(nn.Dropout):
