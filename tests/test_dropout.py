@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from vitlab.vit.device import amp_dtype, cpu_has_native_bf16
-from vitlab.vit.dropout import LEVELS, FastDropout, drop_threshold, set_fast_dropout
+from vitlab.vit.dropout import (
+    LEVELS,
+    FastDropout,
+    drop_threshold,
+    keep_mask,
+    keep_masks,
+    set_fast_dropout,
+)
 from vitlab.vit.fused_attention import set_fused_attention
 from vitlab.vit.models import build_model
 
@@ -54,6 +63,35 @@ def test_masks_follow_the_seed_and_odd_shapes_work():
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
     assert torch.equal(FastDropout(0.99999).train()(x), torch.zeros_like(x))  # rounds to 1
+
+
+def _lane_masks(shapes: list[tuple[int, ...]], p: float) -> list[torch.Tensor]:
+    """The masks' definition, shape by shape: one 64-bit draw per four 16-bit lanes, a lane
+    kept where its low 15 bits reach the threshold."""
+    masks = []
+    for shape in shapes:
+        n = math.prod(shape)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        lanes = bits.view(torch.int16)[:n].int() & (LEVELS - 1)
+        masks.append((lanes >= drop_threshold(p)).to(torch.bfloat16).view(shape))
+    return masks
+
+
+def test_one_draw_of_several_masks_is_one_draw_per_mask_in_turn():
+    shapes = [(256, 17, 17), (1088, 64), (3, 5), (7,)]  # odd sizes leave words part used
+    results = []
+    for draw in (
+        lambda: keep_masks(shapes, 0.1),
+        lambda: [keep_mask(torch.Size(shape), 0.1) for shape in shapes],
+        lambda: _lane_masks(shapes, 0.1),
+    ):
+        torch.manual_seed(0)
+        results.append((draw(), torch.rand(3)))  # and where the generator went on from
+    for masks, after in results[:2]:
+        want, want_after = results[2]
+        assert [m.shape for m in masks] == [torch.Size(s) for s in shapes]
+        assert all(torch.equal(a, b) for a, b in zip(masks, want, strict=True))
+        assert torch.equal(after, want_after)
 
 
 def test_the_gradient_is_the_mask_times_the_scale():
