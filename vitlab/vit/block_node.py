@@ -158,11 +158,13 @@ class BlockNode(torch.autograd.Function):
         )
 
 
-def _interleave(weights, biases) -> list[torch.Tensor]:
+def _interleave(
+    weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...]
+) -> list[torch.Tensor]:
     return [t for pair in zip(weights, biases, strict=True) for t in pair]
 
 
-def _fast_dropout_p(drop: nn.Module) -> bool:
+def _fast_dropout_in_use(drop: nn.Module) -> bool:
     return type(drop) is FastDropout and 0 < drop_threshold(drop.p) < LEVELS
 
 
@@ -175,7 +177,7 @@ def takes_node(block: Block, x: torch.Tensor, mask: torch.Tensor | None) -> bool
         block.training
         and mask is None
         and x.device.type == "cpu"
-        and _fast_dropout_p(block.drop)
+        and _fast_dropout_in_use(block.drop)
         and type(attn.drop) is FastDropout
         and attn.drop.p == block.drop.p
         and type(attn) is MultiHeadedSelfAttention

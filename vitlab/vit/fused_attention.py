@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +55,21 @@ def _attention_modules(model: torch.nn.Module) -> list[MultiHeadedSelfAttention]
 def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Use SDPA (enabled) or the stock explicit softmax (disabled) in every attention block;
     enabled, blocks that train on a CPU with FastDropout run as one node (block_node)."""
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    for m, forward in [(m, _fused_forward) for m in _attention_modules(model)] + [
-        (m, _block_forward) for m in blocks
-    ]:
+    for m in model.modules():
+        forward = _swapped_forward(m)
+        if forward is None:
+            continue
         if enabled:
             m.forward = types.MethodType(forward, m)
         elif "forward" in m.__dict__:
             del m.forward
     return model
+
+
+def _swapped_forward(m: torch.nn.Module) -> Callable | None:
+    if isinstance(m, MultiHeadedSelfAttention):
+        return _fused_forward
+    return _block_forward if isinstance(m, Block) else None
 
 
 def is_fused(model: torch.nn.Module) -> bool:
